@@ -1,0 +1,368 @@
+"""Cached feature extraction: image embeddings (global, pre-projection, local patches) and text embeddings.
+
+Feature kinds (``kinds=``):
+
+- ``"image"``   L2-normalised image embedding after the visual projection, ``x̂`` in the papers (N, D);
+- ``"preproj"`` the pooled token after ``ln_post`` with the projection removed (N, W), what PLP probes;
+- ``"local"``   L2-normalised projected patch embeddings for GL-MCM (N, P, D), float16. As in GL-MCM's code
+  (AtsuMiyai/GL-MCM ``clip/model.py``) they come from the *value path* of the last block,
+  ``v = x + out_proj(W_v · ln_1(x)); v = v + MLP(ln_2(v))``, followed by ``ln_post`` and ``proj``.
+
+Cache: ``<cache>/features/<dataset>/<model>/<key>/`` holds one ``.npy`` per array and ``meta.json``. The key
+hashes everything that determines the content: model id and checkpoint hash, the preprocessing transform,
+the dataset's file list (paths, sizes, mtimes, labels), the kinds, the autocast dtype, the bad-image policy and
+:data:`FEATURE_CODE_VERSION`. Work is done in chunks, each written atomically to ``parts/``; an interrupted
+run resumes from the chunks already written. ``meta.json`` is written last, so a cache without it (or whose
+files do not match it) is incomplete and is rebuilt, never reused.
+
+Under ``torchrun`` each process takes every ``world_size``-th chunk; rank 0 merges the parts in chunk order,
+which gives the same arrays as a single process because batches never cross chunk boundaries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import ImageFolderDataset, collate_skip, get_dataset
+from .errors import CorruptImageError, NonFiniteError
+from .io import atomic_path, sha256_json, write_json
+from .models import LoadedModel, load_model
+from .paths import cache_dir
+
+FEATURE_CODE_VERSION = 1
+KINDS = ("image", "preproj", "local")
+
+
+@dataclass
+class Features:
+    """Features of one dataset under one model. Rows align with ``labels`` and ``paths``."""
+
+    dataset: str
+    model_id: str
+    labels: np.ndarray  # (N,)
+    paths: list[str]
+    classes: list[str]
+    class_names: list[str]
+    image: np.ndarray | None = None  # (N, D) normalised
+    preproj: np.ndarray | None = None  # (N, W)
+    local: np.ndarray | None = None  # (N, P, D) normalised, float16
+    failed: list[str] = field(default_factory=list)  # images skipped because they could not be decoded
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+# ---------------------------------------------------------------------------------------- model
+def _check_vit(visual) -> None:
+    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+
+    if (not isinstance(visual, VisionTransformer) or not visual.transformer.batch_first
+            or not isinstance(visual.transformer.resblocks[-1], ResidualAttentionBlock)):
+        raise NotImplementedError(
+            f"pre-projection and local features need an open_clip VisionTransformer with standard blocks; "
+            f"{type(visual).__name__} is not one. Extract kinds=('image',) for this model.")
+
+
+def value_path(block, x: torch.Tensor) -> torch.Tensor:
+    """GL-MCM's local tokens from a block input ``x`` (B, L, W): the attention replaced by its value path."""
+    attn = block.attn
+    w = attn.embed_dim
+    v = F.linear(block.ln_1(x), attn.in_proj_weight[2 * w:], attn.in_proj_bias[2 * w:])
+    v = x + block.ls_1(attn.out_proj(v))
+    return v + block.ls_2(block.mlp(block.ln_2(v)))
+
+
+def encode_images(visual, x: torch.Tensor, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Image features of a preprocessed batch ``x`` (B, 3, H, W) for the requested ``kinds``."""
+    if kinds == ("image",):
+        return {"image": F.normalize(visual(x).float(), dim=-1)}
+    _check_vit(visual)
+    h = visual._embeds(x)  # (B, L, W), batch first as in open_clip >= 2.23
+    for blk in visual.transformer.resblocks[:-1]:
+        h = blk(h)
+    last = visual.transformer.resblocks[-1]
+    pooled, _ = visual._pool(last(h))
+    res = {}
+    if "image" in kinds:
+        res["image"] = F.normalize((pooled @ visual.proj).float(), dim=-1)
+    if "preproj" in kinds:
+        res["preproj"] = pooled.float()
+    if "local" in kinds:
+        v = value_path(last, h)
+        res["local"] = F.normalize((visual.ln_post(v[:, 1:]) @ visual.proj).float(), dim=-1)
+    return res
+
+
+def _autocast(device: torch.device, amp: bool):
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
+
+
+def amp_dtype(device: torch.device, amp: bool) -> str:
+    return "fp32" if not amp else ("bf16" if device.type == "cpu" else "fp16")
+
+
+# ---------------------------------------------------------------------------------------- cache
+def cache_key(loaded: LoadedModel, ds: ImageFolderDataset, kinds: tuple[str, ...], amp: str) -> dict:
+    return {
+        "model_id": loaded.model_id, "checkpoint_sha256": loaded.checkpoint_sha256, "precision": loaded.precision,
+        "transform": loaded.transform_id, "dataset": ds.name, "files": ds.fingerprint(), "n_files": len(ds),
+        "kinds": sorted(kinds), "autocast": amp, "on_error": ds.on_error, "code": FEATURE_CODE_VERSION,
+    }
+
+
+def cache_path(key: dict) -> Path:
+    slug = key["model_id"].replace("/", "_").replace(":", "-")
+    return cache_dir() / "features" / key["dataset"] / slug / sha256_json(key)[:20]
+
+
+def _load_cached(folder: Path, key: dict) -> Features | None:
+    """The cached features if ``folder`` holds a complete cache for ``key``; None if absent, stale or broken."""
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") != key or not meta.get("complete"):
+            raise ValueError("key mismatch")
+        arrays = {}
+        for name, info in meta["arrays"].items():
+            f = folder / f"{name}.npy"
+            if f.stat().st_size != info["bytes"]:
+                raise ValueError(f"{f.name} has {f.stat().st_size} bytes, expected {info['bytes']}")
+            arr = np.load(f, mmap_mode="r")
+            if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
+                raise ValueError(f"{f.name} has shape {arr.shape}, expected {info['shape']}")
+            arrays[name] = arr if name == "local" else np.array(arr)  # local may be huge: stays memory-mapped
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        warnings.warn(f"feature cache {folder} is stale or damaged ({e}); rebuilding it", stacklevel=3)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return Features(
+        dataset=key["dataset"], model_id=key["model_id"], labels=arrays.pop("labels"), paths=meta["paths"],
+        classes=meta["classes"], class_names=meta["class_names"], failed=meta["failed"],
+        meta={**meta, "from_cache": True}, **{k: arrays.get(k) for k in KINDS},
+    )
+
+
+def _load_part(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):
+        path.unlink(missing_ok=True)  # a part cut short is recomputed
+        return None
+
+
+# ------------------------------------------------------------------------------------ extraction
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and torch.distributed.is_available() and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("CLIPOOD_DIST_BACKEND") != "gloo" else "gloo"
+        torch.distributed.init_process_group(backend)
+    if world > 1:
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+@torch.inference_mode()
+def extract_features(
+    loaded: LoadedModel,
+    dataset: ImageFolderDataset,
+    *,
+    kinds: tuple[str, ...] | list[str] = ("image", "preproj"),
+    batch_size: int = 256,
+    num_workers: int = 2,
+    amp: bool = False,
+    chunk_size: int = 2048,
+    use_cache: bool = True,
+    progress: bool = True,
+    _stop_after_chunks: int | None = None,  # tests: simulate an interruption
+) -> Features:
+    """Image features of ``dataset`` under ``loaded`` (see the module docstring), from the cache when possible.
+
+    ``dataset`` is used with the model's own preprocessing (its transform is replaced). Undecodable images
+    raise, or with ``dataset.on_error == "skip"`` are left out and listed in ``Features.failed``.
+    ``num_workers`` DataLoader processes decode images; ``amp`` runs the model under autocast.
+    """
+    if not kinds or set(kinds) - set(KINDS):
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, not {kinds}")
+    kinds = tuple(k for k in KINDS if k in kinds)
+    ds = dataset.with_transform(loaded.preprocess)
+    device = loaded.device
+    key = cache_key(loaded, ds, kinds, amp_dtype(device, amp))
+    folder = cache_path(key)
+    if use_cache and (hit := _load_cached(folder, key)) is not None:
+        return hit
+
+    rank, world = _dist_info()
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        loaded.model.to(device)
+    parts = folder / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    n = len(ds)
+    chunks = [(j, range(s, min(s + chunk_size, n))) for j, s in enumerate(range(0, n, chunk_size))]
+    todo = [(j, r) for j, r in chunks if j % world == rank and _load_part(parts / f"chunk-{j:06d}.npz") is None]
+    t0, done_images = time.time(), 0
+    visual = loaded.model.visual
+    visual.eval()
+    batches = [list(r[i:i + batch_size]) for _, r in todo for i in range(0, len(r), batch_size)]
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=num_workers,
+                                         collate_fn=collate_skip, persistent_workers=False)
+    it = iter(loader)
+    bar = tqdm(total=sum(len(r) for _, r in todo), desc=f"features {ds.name}", disable=not progress or rank != 0,
+               mininterval=2)
+    for count, (j, r) in enumerate(todo):
+        if _stop_after_chunks is not None and count >= _stop_after_chunks:
+            raise KeyboardInterrupt(f"simulated interruption after {count} chunks")
+        acc: dict[str, list] = {k: [] for k in kinds}
+        idx, failed = [], []
+        for _ in range(0, len(r), batch_size):
+            images, _, indices, bad = next(it)
+            failed += bad
+            if images is None:
+                continue
+            with _autocast(device, amp):
+                out = encode_images(visual, images.to(device, non_blocking=True), kinds)
+            for k, v in out.items():
+                if not torch.isfinite(v).all():
+                    rows = (~torch.isfinite(v.flatten(1)).all(1)).nonzero().flatten().tolist()
+                    names = [ds.samples[int(indices[i])].path for i in rows[:5]]
+                    raise NonFiniteError(
+                        f"NaN/inf in {k!r} features of {ds.name} for {len(rows)} image(s), e.g. {names}. "
+                        f"Fix: run in fp32 (amp=False) or check the model weights ({loaded.model_id}).")
+                acc[k].append(v.to("cpu", torch.float16 if k == "local" else torch.float32).numpy())
+            idx.append(indices.numpy())
+            bar.update(len(indices) + len(bad))
+            done_images += len(indices)
+        arrays = {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in acc.items()}
+        arrays["index"] = np.concatenate(idx) if idx else np.zeros((0,), np.int64)
+        arrays["failed"] = np.array(failed, dtype=np.int64)
+        with atomic_path(parts / f"chunk-{j:06d}.npz", ".npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+    bar.close()
+    seconds = time.time() - t0
+    _barrier(world)
+    if rank == 0:
+        _merge(folder, key, ds, kinds, len(chunks), seconds, done_images)
+    _barrier(world)
+    res = _load_cached(folder, key)
+    assert res is not None, f"merge of {folder} failed"
+    res.meta["from_cache"] = False
+    return res
+
+
+def _merge(folder: Path, key: dict, ds: ImageFolderDataset, kinds, n_chunks: int, seconds: float, n_new: int):
+    parts = [_load_part(folder / "parts" / f"chunk-{j:06d}.npz") for j in range(n_chunks)]
+    missing = [j for j, p in enumerate(parts) if p is None]
+    if missing:
+        raise RuntimeError(f"feature chunks {missing} of {folder} are missing; run the extraction again to resume")
+    index = np.concatenate([p["index"] for p in parts]).astype(np.int64)
+    if len(index) == 0:
+        raise CorruptImageError(f"none of the {len(ds)} images of {ds.name} at {ds.root} could be decoded.")
+    failed = sorted(int(i) for p in parts for i in p["failed"])
+    arrays = {k: np.concatenate([p[k] for p in parts if len(p["index"])]) for k in kinds}
+    arrays["labels"] = ds.labels[index]
+    meta = {"key": key, "complete": True, "n": int(len(index)), "paths": [ds.samples[i].path for i in index],
+            "failed": [ds.samples[i].path for i in failed], "classes": ds.classes, "class_names": ds.class_names,
+            "arrays": {}, "extract_seconds": round(seconds, 3), "images_extracted": n_new,
+            "images_per_second": round(n_new / seconds, 1) if seconds > 0 and n_new else None}
+    for name, arr in arrays.items():
+        with atomic_path(folder / f"{name}.npy", ".npy") as tmp:
+            np.save(tmp, arr)
+        f = folder / f"{name}.npy"
+        meta["arrays"][name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": f.stat().st_size}
+    write_json(folder / "meta.json", meta)
+    shutil.rmtree(folder / "parts", ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ text
+@torch.inference_mode()
+def text_features(loaded: LoadedModel, class_names: list[str], templates: list[str], *, ensemble: bool = True,
+                  batch_size: int = 1000, use_cache: bool = True) -> np.ndarray:
+    """Normalised text embeddings of ``templates`` (format strings with ``{}``) filled with ``class_names``.
+
+    ``ensemble=True`` returns (C, D): per class the mean of the normalised prompt embeddings, normalised
+    again (CLIP's prompt ensembling, as PLP does). ``ensemble=False`` returns (C, T, D).
+    """
+    key = {"model_id": loaded.model_id, "checkpoint_sha256": loaded.checkpoint_sha256, "names": list(class_names),
+           "templates": list(templates), "ensemble": ensemble, "code": FEATURE_CODE_VERSION}
+    path = cache_dir() / "text" / f"{loaded.model_id.replace('/', '_').replace(':', '-')}-{sha256_json(key)[:20]}.npy"
+    if use_cache and path.is_file():
+        try:
+            return np.load(path)
+        except (OSError, ValueError, EOFError):
+            path.unlink(missing_ok=True)
+    prompts = [t.format(c) for c in class_names for t in templates]
+    model = loaded.model
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        tokens = loaded.tokenizer(prompts[i:i + batch_size]).to(loaded.device)
+        out.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
+    emb = torch.cat(out).view(len(class_names), len(templates), -1)
+    if ensemble:
+        emb = F.normalize(emb.mean(1), dim=-1)
+    arr = emb.numpy()
+    if not np.isfinite(arr).all():
+        raise NonFiniteError(f"NaN/inf in text embeddings of {loaded.model_id}; check the weights.")
+    with atomic_path(path, ".npy") as tmp:
+        np.save(tmp, arr)
+    return arr
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m helpers.features",
+                                description="extract (and cache) image features; shards under torchrun")
+    p.add_argument("--model", required=True, help="e.g. pocket:teaching, ViT-B-16/openai, ViT-B-32/random")
+    p.add_argument("--dataset", nargs="+", required=True)
+    p.add_argument("--kinds", nargs="+", default=["image", "preproj"], choices=KINDS)
+    p.add_argument("--max-per-class", type=int)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--chunk-size", type=int, default=2048)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--on-error", default="fail", choices=["fail", "skip"])
+    p.add_argument("--out", help="also save the merged arrays to this .npz (rank 0)")
+    args = p.parse_args(argv)
+    loaded = load_model(args.model, device=args.device)
+    for name in args.dataset:
+        ds = get_dataset(name, max_per_class=args.max_per_class, on_error=args.on_error)
+        feats = extract_features(loaded, ds, kinds=tuple(args.kinds), batch_size=args.batch_size,
+                                 num_workers=args.workers, amp=args.amp, chunk_size=args.chunk_size)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{name}: {len(feats)} images, cached={feats.meta['from_cache']}, "
+                  f"{feats.meta.get('images_per_second')} img/s")
+            if args.out:
+                np.savez(args.out, labels=feats.labels, **{k: getattr(feats, k) for k in args.kinds})
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

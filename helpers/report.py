@@ -1,0 +1,67 @@
+"""Tables, figures and provenance, written where the runner expects them.
+
+A notebook receives ``results_dir`` and ``figures_dir`` from the runner (parameters cell) and saves with
+:func:`save_table` (CSV + Markdown) and :func:`save_figure` (PNG). :func:`record_provenance` notes which
+models and datasets a notebook used; the runner folds these notes into ``results/manifest.json``.
+Tables are rounded to a fixed number of decimals so that two runs of the same profile give identical files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from .io import atomic_path, write_json
+
+PROVENANCE = "_provenance.json"
+
+
+def set_style() -> None:
+    """The series' figure style (seaborn's whitegrid, readable sizes)."""
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "savefig.bbox": "tight",
+                         "svg.hashsalt": "clip-ood", "figure.max_open_warning": 50})
+
+
+def save_table(df: pd.DataFrame, name: str, results_dir: str | Path, decimals: int = 2,
+               index: bool = False) -> Path:
+    """Write ``df`` to ``<results_dir>/<name>.csv`` and ``.md`` (rounded to ``decimals``); return the CSV path."""
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rounded = df.round(decimals)
+    csv = out / f"{name}.csv"
+    with atomic_path(csv) as tmp:
+        rounded.to_csv(tmp, index=index, float_format=f"%.{decimals}f")
+    with atomic_path(out / f"{name}.md") as tmp:
+        tmp.write_text(rounded.to_markdown(index=index, floatfmt=f".{decimals}f") + "\n")
+    return csv
+
+
+def save_figure(fig, name: str, figures_dir: str | Path) -> Path:
+    """Write ``fig`` to ``<figures_dir>/<name>.png`` (no timestamp metadata, so reruns give the same file)."""
+    out = Path(figures_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.png"
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    return path
+
+
+def record_provenance(results_dir: str | Path, *, models=(), datasets=(), extra: dict | None = None) -> None:
+    """Merge model ids / checkpoint hashes and dataset fingerprints into ``<results_dir>/_provenance.json``."""
+    path = Path(results_dir) / PROVENANCE
+    prov = json.loads(path.read_text()) if path.is_file() else {"models": {}, "datasets": {}}
+    for m in models:
+        prov["models"][m.model_id] = {"arch": m.arch, "pretrained": m.pretrained,
+                                      "checkpoint_sha256": m.checkpoint_sha256,
+                                      "zero_shot_accuracy": m.info.get("zero_shot_accuracy")}
+    for ds in datasets:
+        prov["datasets"][ds.name] = {"root": str(ds.root), "images": len(ds), "file_list_sha256": ds.fingerprint()}
+    if extra:
+        prov.setdefault("extra", {}).update(extra)
+    write_json(path, prov)

@@ -1,0 +1,59 @@
+"""The papermill runner: smoke-profile execution of every notebook, failure reporting, reproducibility."""
+
+import filecmp
+import json
+
+import nbformat
+import pytest
+
+import helpers.run as run
+from helpers.run import main, notebooks
+
+
+def test_every_notebook_has_a_parameters_cell():
+    assert notebooks(), "no notebooks found"
+    for nb_path in notebooks():
+        nb = nbformat.read(nb_path, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{nb_path.name} needs exactly one cell tagged 'parameters'"
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{nb_path.name} has outputs"
+
+
+def test_failing_notebook_names_notebook_and_cell(tmp_path, monkeypatch, capsys):
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("profile = 'x'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("a = 1"),
+        nbformat.v4.new_code_cell("raise ValueError('broken on purpose')"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, nbdir / "99_broken.ipynb")
+    monkeypatch.setattr(run, "NOTEBOOK_DIR", nbdir)
+    monkeypatch.setattr(run, "REPO_ROOT", tmp_path)
+    code = main(["--profile", "smoke", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "99_broken.ipynb failed in cell" in err and "ValueError: broken on purpose" in err
+    manifest = json.loads((tmp_path / "out" / "results" / "manifest.json").read_text())
+    entry = manifest["notebooks"]["99_broken"]
+    assert entry["status"] == "failed" and entry["error"].startswith("ValueError")
+    assert entry["cell"] >= 3  # papermill's injected-parameters cell shifts indices by one
+
+
+@pytest.mark.notebook
+def test_smoke_profile_twice_gives_identical_tables(require_data, tmp_path):
+    """Runs every notebook in the smoke profile (this is the notebooks' smoke test) twice: cold and cached."""
+    assert main(["--profile", "smoke", "--out", str(tmp_path / "a")]) == 0
+    assert main(["--profile", "smoke", "--out", str(tmp_path / "b")]) == 0
+    manifest = json.loads((tmp_path / "a" / "results" / "manifest.json").read_text())
+    assert set(manifest["notebooks"]) == {p.stem for p in notebooks()}
+    assert all(e["status"] == "ok" for e in manifest["notebooks"].values())
+    assert manifest["models"] and manifest["datasets"]["cifar10"]["sha256"]
+    tables_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a" / "results").rglob("*.csv"))
+    tables_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b" / "results").rglob("*.csv"))
+    assert tables_a and tables_a == tables_b
+    for rel in tables_a:
+        assert filecmp.cmp(tmp_path / "a" / rel, tmp_path / "b" / rel, shallow=False), f"{rel} differs"
+    for nb in notebooks():
+        assert list((tmp_path / "a" / "figures" / nb.stem).glob("*.png")), f"{nb.stem} wrote no figure"
