@@ -33,12 +33,21 @@ COMMON: dict[str, dict] = {
 NOTEBOOKS: dict[str, dict[str, dict]] = {
     "smoke": {
         "01": {"projection_points": 200},
+        "02": {},
+        "03": {},
+        "04": {},
     },
     "teaching": {
         "01": {"projection_points": 2000},
+        "02": {},
+        "03": {},
+        "04": {},
     },
     "paper": {
         "01": {"projection_points": 5000},
+        "02": {},
+        "03": {},
+        "04": {},
     },
 }
 
