@@ -9,7 +9,7 @@ PY      := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export CLIPOOD_MIRROR := $(MIRROR)
 
-.PHONY: all env data model notebooks test lint bench clean-build
+.PHONY: all env data model notebooks test lint bench clean-build wordnet
 
 all: notebooks
 
@@ -29,10 +29,10 @@ data: env
 model: data
 	$(PY) -m helpers.models.pocket --profile $(PROFILE)
 
-notebooks: model
+notebooks: model wordnet
 	$(PY) -m helpers.run --profile $(PROFILE)
 
-test: env
+test: env wordnet
 	$(PY) -m helpers.data import $(if $(MIRROR),--mirror $(MIRROR),)
 	$(PY) -m pytest -q
 
@@ -41,6 +41,18 @@ lint: env
 
 bench: model
 	$(PY) benchmarks/extraction_throughput.py
+
+# NegLabel's candidate words (helpers/words.py): WordNet from nltk's corpus or Debian's wordnet-base files.
+# Installs wordnet-base where apt-get and root are available; elsewhere only says how to get WordNet.
+wordnet:
+	@if [ -f "$${WNSEARCHDIR:-/usr/share/wordnet}/index.noun" ]; then :; \
+	elif $(PY) -c "import nltk; nltk.data.find('corpora/wordnet')" >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q --no-install-recommends wordnet-base >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends wordnet-base >/dev/null 2>&1; } || \
+	  echo "wordnet: apt-get install wordnet-base failed; NegLabel (notebook 02) needs WordNet, see helpers/words.py"; \
+	else echo "wordnet: no WordNet and no apt-get/root here; for NegLabel (notebook 02) run" \
+	  "'$(PY) -m nltk.downloader wordnet' or pass a word list (helpers/words.py)"; fi
 
 clean-build:
 	rm -rf build

@@ -80,12 +80,17 @@ def load_model(
     resize_mode: str | None = None,
     seed: int = 0,
     cache_dir: str | None = None,
+    image_size: int | None = None,
+    context_length: int | None = None,
 ) -> LoadedModel:
     """Create a model, its preprocessing transform and tokenizer; see the module docstring for ``spec``.
 
     ``interpolation`` (``"bicubic"``, open_clip's default, or ``"bilinear"`` as in MCM's code) and
     ``resize_mode`` override the preprocessing; ``precision`` is open_clip's (``fp32``, ``bf16``, ``fp16``,
     ``amp``...). ``seed`` fixes random initialisation when no weights are loaded.
+    ``image_size`` / ``context_length`` override the architecture's input size and text length (open_clip's
+    ``force_image_size`` / ``force_context_length``; tests use them to run ``ViT-B-16`` on tiny inputs); both
+    become part of ``model_id``.
     """
     if spec == "pocket" or spec.startswith("pocket:"):
         from .pocket import pocket_checkpoint
@@ -93,7 +98,7 @@ def load_model(
         _, _, profile = spec.partition(":")
         arch, ckpt, info = pocket_checkpoint(profile or "teaching", device=device)
         loaded = load_model(arch, str(ckpt), device=device, precision=precision, interpolation=interpolation,
-                            resize_mode=resize_mode, seed=seed)
+                            resize_mode=resize_mode, seed=seed, image_size=image_size, context_length=context_length)
         loaded.info = info
         return loaded
 
@@ -111,7 +116,8 @@ def load_model(
             raise UnknownModelError(f"Unknown pretrained weights {pretrained!r} for {arch!r}: {hint}.")
     torch.manual_seed(seed)
     kwargs = dict(precision=precision, device=device, image_interpolation=interpolation,
-                  image_resize_mode=resize_mode, cache_dir=cache_dir, weights_only=True)
+                  image_resize_mode=resize_mode, cache_dir=cache_dir, weights_only=True,
+                  force_image_size=image_size, force_context_length=context_length)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, None if random_init else pretrained, **kwargs)
     except RuntimeError as e:
@@ -124,7 +130,7 @@ def load_model(
             ) from e
         raise
     model.eval()
-    tokenizer = open_clip.get_tokenizer(arch)
+    tokenizer = open_clip.get_tokenizer(arch, context_length=context_length)
     if random_init:
         model_id, sha = f"{arch}/random-seed{seed}", None
     elif _is_local_file(pretrained):
@@ -132,6 +138,8 @@ def load_model(
         model_id = f"{arch}/sha256:{sha[:16]}"
     else:
         model_id, sha = f"{arch}/{pretrained}", None
+    # a forced size changes the weights' shapes (and the random draws): it must change every cache key
+    model_id += (f"-img{image_size}" if image_size else "") + (f"-ctx{context_length}" if context_length else "")
     interp = interpolation or getattr(model, "pretrained_cfg", {}).get("interpolation", "bicubic") or "bicubic"
     return LoadedModel(model, preprocess, tokenizer, model_id, arch, None if random_init else str(pretrained), sha,
                        device, precision, interp)
