@@ -91,6 +91,13 @@ PROFILES: dict[str, PocketConfig] = {
                           epochs=10, batch_size=64, lr=2e-3, eval_max_per_class=20),
     # the teaching model (about 10 minutes on 2 CPU cores)
     "teaching": PocketConfig("teaching"),
+    # model families for notebook 03's accuracy <-> AUROC study: each run also saves snapshots along the way
+    # (helpers.families.familiar_config adds images of some OOD classes to them: the familiar-OOD variants)
+    "smoke-family": PocketConfig("smoke-family", arch="pocket-vit-xs",
+                                 pretrain=(PretrainSource("cifar10-pretrain", max_per_class=100),),
+                                 epochs=6, batch_size=64, lr=2e-3, eval_max_per_class=20, snapshots=(0.25, 0.5, 0.75)),
+    # about 1 minute on one CPU thread: the small architecture on all pretraining images
+    "family-xs": PocketConfig("family-xs", arch="pocket-vit-xs", epochs=3, lr=2e-3, snapshots=(0.25, 0.5, 0.75)),
 }
 
 

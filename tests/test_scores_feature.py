@@ -1,0 +1,158 @@
+"""Feature-space and probe-logit scores: kNN, Mahalanobis / relative Mahalanobis, MSP / energy / L1 on logits.
+
+Every number is checked against an independent computation: a brute-force loop, scipy's distance functions,
+the published formula written out, or a hand-worked example.
+"""
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
+
+from helpers.scores import fit_mahalanobis, knn_score, l1_norm, logit_scores, mahalanobis_score
+from helpers.scores.mahalanobis import background_distance, class_distances
+
+
+def _blobs(n=300, d=6, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    centres = rng.normal(scale=3.0, size=(c, d))
+    mix = rng.normal(size=(d, d))  # correlated dimensions, so the covariance matters
+    x = centres[y] + rng.normal(size=(n, d)) @ mix
+    return x, y
+
+
+# ------------------------------------------------------------------------------------------------ kNN
+def _knn_brute(query, bank, k, reduction):
+    out = []
+    for q in query:
+        sims = sorted((float(np.dot(q, b) / (np.linalg.norm(q) * np.linalg.norm(b))) for b in bank), reverse=True)
+        out.append(sims[k - 1] if reduction == "kth" else np.mean(sims[:k]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+@pytest.mark.parametrize("reduction", ["kth", "mean"])
+def test_knn_equals_brute_force(k, reduction):
+    rng = np.random.default_rng(1)
+    query, bank = rng.normal(size=(25, 8)), rng.normal(size=(40, 8))
+    got = knn_score(query, bank, k, reduction=reduction)
+    np.testing.assert_allclose(got, _knn_brute(query, bank, k, reduction), atol=1e-6)
+
+
+def test_knn_hand_worked():
+    bank = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    query = np.array([[2.0, 0.0], [1.0, 1.0]])  # cosines: (1, 0, -1) and (.707, .707, -.707)
+    np.testing.assert_allclose(knn_score(query, bank, 1), [1.0, np.sqrt(0.5)], atol=1e-6)
+    np.testing.assert_allclose(knn_score(query, bank, 2), [0.0, np.sqrt(0.5)], atol=1e-6)
+    np.testing.assert_allclose(knn_score(query, bank, 3, reduction="mean"), [0.0, np.sqrt(0.5) / 3], atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_knn_chunked_equals_unchunked(k):
+    rng = np.random.default_rng(2)
+    query, bank = rng.normal(size=(203, 16)), rng.normal(size=(517, 16))
+    whole = knn_score(query, bank, k, chunk_size=10_000, bank_chunk_size=None)
+    for chunk, bank_chunk in [(1, 1), (7, 13), (64, 100), (203, 517)]:
+        part = knn_score(query, bank, k, chunk_size=chunk, bank_chunk_size=bank_chunk)
+        np.testing.assert_allclose(part, whole, rtol=0, atol=1e-6)
+
+
+def test_knn_ranks_like_kth_euclidean_distance():
+    """Sun et al.'s score is -(k-th L2 distance) on normalised features: the same ranking as the k-th cosine."""
+    rng = np.random.default_rng(3)
+    query, bank = rng.normal(size=(50, 5)), rng.normal(size=(60, 5))
+    qn = query / np.linalg.norm(query, axis=1, keepdims=True)
+    bn = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    dist = np.sort(np.linalg.norm(qn[:, None] - bn[None], axis=2), axis=1)[:, 4]
+    np.testing.assert_array_equal(np.argsort(-dist), np.argsort(knn_score(query, bank, 5)))
+
+
+def test_knn_bad_input_names_the_problem():
+    with pytest.raises(ValueError, match="between 1 and the bank size"):
+        knn_score(np.ones((2, 3)), np.ones((4, 3)), k=5)
+    with pytest.raises(ValueError, match="feature dimensions"):
+        knn_score(np.ones((2, 3)), np.ones((4, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        knn_score(np.full((2, 3), np.nan), np.ones((4, 3)))
+    with pytest.raises(ValueError, match="reduction"):
+        knn_score(np.ones((2, 3)), np.ones((4, 3)), reduction="median")
+
+
+# ---------------------------------------------------------------------------------------- Mahalanobis
+def test_mahalanobis_equals_direct_formula():
+    x, y = _blobs()
+    fit = fit_mahalanobis(x, y)
+    # the pooled within-class covariance written out, inverted directly, distances from scipy
+    mu = np.stack([x[y == c].mean(0) for c in range(3)])
+    cov = sum((x[i] - mu[y[i]])[:, None] * (x[i] - mu[y[i]])[None] for i in range(len(x))) / len(x)
+    prec = np.linalg.inv(cov)
+    mu0 = x.mean(0)
+    prec0 = np.linalg.inv((x - mu0).T @ (x - mu0) / len(x))
+    test = np.random.default_rng(9).normal(scale=4.0, size=(20, x.shape[1]))
+    d = np.array([[scipy_mahalanobis(t, mu[c], prec) ** 2 for c in range(3)] for t in test])
+    d0 = np.array([scipy_mahalanobis(t, mu0, prec0) ** 2 for t in test])
+    np.testing.assert_allclose(class_distances(test, fit), d, rtol=1e-8)
+    np.testing.assert_allclose(background_distance(test, fit), d0, rtol=1e-8)
+    np.testing.assert_allclose(mahalanobis_score(test, fit), -d.min(1), rtol=1e-8)
+    np.testing.assert_allclose(mahalanobis_score(test, fit, relative=True), -(d - d0[:, None]).min(1), rtol=1e-8)
+
+
+def test_mahalanobis_class_mean_covariance_is_plps():
+    x, y = _blobs(seed=4)
+    fit = fit_mahalanobis(x, y, covariance="class_mean")
+    cov = np.mean([np.cov(x[y == c], rowvar=False) for c in range(3)], axis=0)  # PLP's MahaDist estimate
+    np.testing.assert_allclose(fit.whiten @ fit.whiten.T, np.linalg.inv(cov), rtol=1e-7)
+
+
+def test_mahalanobis_hand_worked():
+    # two classes on a line with identity within-class covariance (after pooling): d_c = squared distance
+    x = np.array([[-1.0, -1.0], [1.0, 1.0], [9.0, 9.0], [11.0, 11.0], [-1.0, 1.0], [1.0, -1.0], [9.0, 11.0],
+                  [11.0, 9.0]])
+    y = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    fit = fit_mahalanobis(x, y)  # means (0,0), (10,10); pooled covariance = identity
+    np.testing.assert_allclose(class_distances(np.array([[0.0, 0.0], [10.0, 12.0]]), fit), [[0, 200], [244, 4]])
+    np.testing.assert_allclose(mahalanobis_score(np.array([[10.0, 12.0]]), fit), [-4.0])
+
+
+def test_mahalanobis_is_invariant_to_standardisation():
+    """Why notebook 03 fits it on raw pre-projection features: a per-dimension affine map changes nothing."""
+    x, y = _blobs(seed=5)
+    scale, shift = np.linspace(0.1, 10, x.shape[1]), np.arange(x.shape[1])
+    test = np.random.default_rng(6).normal(size=(15, x.shape[1]))
+    a = mahalanobis_score(test, fit_mahalanobis(x, y), relative=True)
+    b = mahalanobis_score(test * scale + shift, fit_mahalanobis(x * scale + shift, y), relative=True)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_mahalanobis_rank_deficient_is_finite():
+    x, y = _blobs(n=5, d=12, c=2, seed=7)  # fewer images than dimensions
+    y[:2] = [0, 1]
+    s = mahalanobis_score(np.random.default_rng(8).normal(size=(4, 12)), fit_mahalanobis(x, y))
+    assert np.isfinite(s).all()
+
+
+def test_mahalanobis_bad_input():
+    x, y = _blobs()
+    with pytest.raises(ValueError, match="no training features"):
+        fit_mahalanobis(x, y, num_classes=5)
+    with pytest.raises(ValueError, match="dimensions"):
+        mahalanobis_score(np.ones((2, 3)), fit_mahalanobis(x, y))
+    with pytest.raises(ValueError, match="covariance"):
+        fit_mahalanobis(x, y, covariance="diagonal")
+
+
+# ------------------------------------------------------------------------------------------ logits
+def test_logit_scores_published_formulas():
+    z = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
+    s = logit_scores(z)
+    e = np.exp(z)
+    np.testing.assert_allclose(s["MSP"], e.max(1) / e.sum(1))
+    np.testing.assert_allclose(s["energy"], np.log(e.sum(1)))
+    np.testing.assert_allclose(s["L1"], [3.0 + 1.0 + 0.0, 0.0])  # |2-(-1)| + |0-(-1)| + 0; constant row -> 0
+    np.testing.assert_allclose(logit_scores(z, T=2.0)["energy"], 2 * np.log(np.exp(z / 2).sum(1)))
+
+
+def test_l1_norm_is_shift_invariant_only_when_shifted():
+    z = np.random.default_rng(0).normal(size=(10, 4))
+    np.testing.assert_allclose(l1_norm(z + 5.0), l1_norm(z))
+    assert not np.allclose(l1_norm(z + 5.0, shift_min=False), l1_norm(z, shift_min=False))
