@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from .io import atomic_path, write_json
+from .paths import REPO_ROOT
 
 PROVENANCE = "_provenance.json"
 
@@ -52,16 +53,26 @@ def save_figure(fig, name: str, figures_dir: str | Path) -> Path:
     return path
 
 
+def _portable(location: str | Path) -> str:
+    """A path inside the repository as a repository-relative path (manifests then read the same on any clone)."""
+    if not Path(location).is_absolute():
+        return str(location)  # a pretrained tag such as "openai"
+    try:
+        return Path(location).resolve().relative_to(REPO_ROOT.resolve()).as_posix()
+    except ValueError:
+        return str(location)  # outside the repository
+
+
 def record_provenance(results_dir: str | Path, *, models=(), datasets=(), extra: dict | None = None) -> None:
     """Merge model ids / checkpoint hashes and dataset fingerprints into ``<results_dir>/_provenance.json``."""
     path = Path(results_dir) / PROVENANCE
     prov = json.loads(path.read_text()) if path.is_file() else {"models": {}, "datasets": {}}
     for m in models:
-        prov["models"][m.model_id] = {"arch": m.arch, "pretrained": m.pretrained,
+        prov["models"][m.model_id] = {"arch": m.arch, "pretrained": _portable(m.pretrained) if m.pretrained else m.pretrained,
                                       "checkpoint_sha256": m.checkpoint_sha256,
                                       "zero_shot_accuracy": m.info.get("zero_shot_accuracy")}
     for ds in datasets:
-        prov["datasets"][ds.name] = {"root": str(ds.root), "images": len(ds), "file_list_sha256": ds.fingerprint()}
+        prov["datasets"][ds.name] = {"root": _portable(ds.root), "images": len(ds), "file_list_sha256": ds.fingerprint()}
     if extra:
         prov.setdefault("extra", {}).update(extra)
     write_json(path, prov)

@@ -57,3 +57,12 @@ def test_smoke_profile_twice_gives_identical_tables(require_data, tmp_path):
         assert filecmp.cmp(tmp_path / "a" / rel, tmp_path / "b" / rel, shallow=False), f"{rel} differs"
     for nb in notebooks():
         assert list((tmp_path / "a" / "figures" / nb.stem).glob("*.png")), f"{nb.stem} wrote no figure"
+
+
+def test_manifest_paths_are_repository_relative():
+    from helpers.paths import REPO_ROOT
+    from helpers.report import _portable
+
+    assert _portable(REPO_ROOT / "cache" / "models" / "m.safetensors") == "cache/models/m.safetensors"
+    assert _portable("openai") == "openai"  # a pretrained tag is not a path, whatever the working folder
+    assert _portable("/elsewhere/m.pt") == "/elsewhere/m.pt"
