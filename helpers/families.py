@@ -140,7 +140,7 @@ def evaluate_family(members: list[FamilyMember], *, id_dataset: str, ood_dataset
         loaded = member.load(device)
         suite, table, acc = score_model(loaded, train, id_test, ood, device=device, **kwargs)
         rows.append({"model": member.name, "model_id": loaded.model_id,
-                     "parameters (M)": sum(p.numel() for p in loaded.model.visual.parameters()) / 1e6,
+                     "image-tower parameters (M)": sum(p.numel() for p in loaded.model.visual.parameters()) / 1e6,
                      **{f"acc: {k}": v for k, v in acc.items()},
                      "pseudo-label acc": suite.info["pseudo_label_accuracy"],
                      **{f"AUROC: {k}": v for k, v in mean_auroc(table).items()}})
