@@ -22,7 +22,6 @@ which gives the same arrays as a single process because batches never cross chun
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -42,6 +41,7 @@ from .errors import CorruptImageError, NonFiniteError
 from .io import atomic_path, sha256_json, write_json
 from .models import LoadedModel, load_model
 from .paths import cache_dir
+from .torchtools import autocast
 
 FEATURE_CODE_VERSION = 1
 KINDS = ("image", "preproj", "local")
@@ -106,12 +106,6 @@ def encode_images(visual, x: torch.Tensor, kinds: tuple[str, ...]) -> dict[str, 
         v = value_path(last, h)
         res["local"] = F.normalize((visual.ln_post(v[:, 1:]) @ visual.proj).float(), dim=-1)
     return res
-
-
-def _autocast(device: torch.device, amp: bool):
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
 
 
 def amp_dtype(device: torch.device, amp: bool) -> str:
@@ -244,7 +238,7 @@ def extract_features(
             failed += bad
             if images is None:
                 continue
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 out = encode_images(visual, images.to(device, non_blocking=True), kinds)
             for k, v in out.items():
                 if not torch.isfinite(v).all():

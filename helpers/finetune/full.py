@@ -33,7 +33,6 @@ model's own preprocessing for bicubic models.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -51,6 +50,7 @@ from tqdm.auto import tqdm
 from ..data import ImageFolderDataset
 from ..data.arrays import decoded_images
 from ..models import LoadedModel
+from ..torchtools import adamw_groups, autocast, warmup_cosine
 
 
 class ZeroShotHead(nn.Module):
@@ -181,17 +181,10 @@ def finetune_image_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text:
     y_all = torch.from_numpy(labels)
 
     named = list(visual.named_parameters()) + [(f"head.{k}", p) for k, p in head.named_parameters()]
-    decay = [p for k, p in named if p.ndim >= 2 and "embedding" not in k]
-    rest = [p for k, p in named if not (p.ndim >= 2 and "embedding" not in k)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                            lr=lr)
+    opt = torch.optim.AdamW(adamw_groups(named, weight_decay), lr=lr)
     per_epoch = max(1, n // batch_size)
     total = epochs * per_epoch
-    warm = max(1, int(round(warmup * total)))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
-    cast = (torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
-            if amp else contextlib.nullcontext())
+    sched = warmup_cosine(opt, total, warm=max(1, int(round(warmup * total))))
     history = []
     visual.train()
     for epoch in tqdm(range(epochs), desc="fine-tune", disable=not progress):
@@ -203,7 +196,7 @@ def finetune_image_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text:
             xb = (xb.to(device).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
             yb = y_all[idx].to(device)
             xb, target = mix_batch(xb, yb, c, rng, mixup=mixup, cutmix=cutmix, smoothing=label_smoothing)
-            with cast:
+            with autocast(device, amp):
                 logits = head(visual(xb).float()).float()
             loss = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
             opt.zero_grad(set_to_none=True)

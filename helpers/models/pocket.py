@@ -42,6 +42,7 @@ from ..data import get_dataset
 from ..data.arrays import decoded_images
 from ..io import atomic_path, sha256_json, write_json
 from ..paths import cache_dir
+from ..torchtools import adamw_groups, autocast, warmup_cosine
 
 TRAIN_CODE_VERSION = 2
 
@@ -143,12 +144,6 @@ def _normalise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> 
     return (x_uint8.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
-
-
 def _sdpa_for_training(device: torch.device):
     # On CPU the math kernel trains this small ViT faster than the flash kernel (measured: 290 vs 245 img/s).
     if device.type == "cpu":
@@ -186,17 +181,12 @@ def train_pocket(cfg: PocketConfig, out_dir: Path, device: str | torch.device = 
     with torch.no_grad():
         model.logit_scale.fill_(math.log(cfg.logit_scale_init))
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, cfg.beta2),
+    opt = torch.optim.AdamW(adamw_groups(model.named_parameters(), cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2),
                             fused=True)  # fused: the 6M-row token embedding makes the update 15% of a step
     n = len(y_all)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
-    warm = max(1, int(cfg.warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    sched = warmup_cosine(opt, total, warm=max(1, int(cfg.warmup * total)))
     snapshot_steps = {max(1, int(round(f * total))): f for f in cfg.snapshots}
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -222,7 +212,7 @@ def train_pocket(cfg: PocketConfig, out_dir: Path, device: str | torch.device = 
         present, target = torch.unique(y, return_inverse=True)
         tmpl = torch.randint(len(templates), (len(present),), generator=gen)
         captions = [templates[t](names[c]) for t, c in zip(tmpl.tolist(), present.tolist())]
-        with _autocast(device, cfg.amp), _sdpa_for_training(device):
+        with autocast(device, cfg.amp), _sdpa_for_training(device):
             img = F.normalize(model.encode_image(_normalise(x.to(device), mean, std)).float(), dim=-1)
             txt = F.normalize(model.encode_text(tokenizer(captions).to(device)).float(), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T  # (B, C_present)
