@@ -27,6 +27,13 @@ class UnknownDatasetError(ClipOODError, KeyError):
         return str(self.args[0])
 
 
+class UnknownClassError(ClipOODError, KeyError):
+    """A class folder asked for (``classes=`` / ``exclude=``) that the dataset does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class ClassNameMismatchError(ClipOODError, ValueError):
     """The number of class names differs from the number of class folders."""
 
@@ -45,3 +52,20 @@ class WeightsUnavailableError(ClipOODError, RuntimeError):
 
 class NonFiniteError(ClipOODError, ValueError):
     """NaN or infinite values in features or scores."""
+
+
+class EmptyClassError(ClipOODError, ValueError):
+    """A class folder of an ImageFolder dataset holds no image."""
+
+
+class UsageError(ClipOODError, ValueError):
+    """A command-line or parameter mistake (unknown notebook, unknown parameter, malformed value)."""
+
+
+def clause(message: object) -> str:
+    """``message`` without its closing period, to be embedded in a longer sentence (so that
+    ``f"...: {clause(e)}. Fix: ..."`` never reads ``..``); an ellipsis is kept."""
+    text = str(message).rstrip()
+    if text.endswith(".") and not text.endswith("..."):
+        text = text[:-1]
+    return text

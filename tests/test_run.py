@@ -2,6 +2,7 @@
 
 import filecmp
 import json
+import subprocess
 
 import nbformat
 import pytest
@@ -66,3 +67,40 @@ def test_manifest_paths_are_repository_relative():
     assert _portable(REPO_ROOT / "cache" / "models" / "m.safetensors") == "cache/models/m.safetensors"
     assert _portable("openai") == "openai"  # a pretrained tag is not a path, whatever the working folder
     assert _portable("/elsewhere/m.pt") == "/elsewhere/m.pt"
+
+
+def _git(*args):
+    from helpers.paths import REPO_ROOT
+
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.results
+def test_committed_results_are_current():
+    """The committed results/ were produced by the committed helpers/ and notebooks/ (deselect: -m 'not results')."""
+    from helpers.paths import REPO_ROOT
+
+    fix = "Fix: rerun `make all MIRROR=<mirror>` on a clean tree and commit results/ and figures/."
+    try:
+        inside = _git("rev-parse", "--is-inside-work-tree")
+    except OSError:
+        pytest.skip("git is not installed: cannot compare the results' commit with HEAD")
+    if inside.returncode != 0 or _git("rev-parse", "--verify", "-q", "HEAD").returncode != 0:
+        pytest.skip(f"{REPO_ROOT} has no git history: cannot compare the results' commit with HEAD")
+    manifest = json.loads((REPO_ROOT / "results" / "manifest.json").read_text())
+    commit = manifest.get("git_commit")
+    assert commit, f"results/manifest.json records no git_commit. {fix}"
+    if _git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        if _git("rev-parse", "--is-shallow-repository").stdout.strip() == "true":
+            pytest.skip(f"shallow clone: the results' commit {commit[:12]} is not in the fetched history "
+                        f"(git fetch --unshallow to check it)")
+        pytest.fail(f"results/manifest.json names commit {commit[:12]}, which is not in this repository. {fix}")
+    changed = _git("diff", "--name-only", commit, "HEAD", "--", "helpers", "notebooks").stdout.split()
+    assert _git("diff", "--quiet", commit, "HEAD", "--", "helpers", "notebooks").returncode == 0, (
+        f"results/ are stale: {len(changed)} file(s) of helpers/ or notebooks/ changed since the commit "
+        f"{commit[:12]} that produced them ({', '.join(changed[:8])}{', ...' if len(changed) > 8 else ''}). {fix}")
+    assert manifest.get("git_dirty") is False, (
+        f"results/manifest.json says helpers/ or notebooks/ had uncommitted changes when the results were made "
+        f"(git_dirty={manifest.get('git_dirty')!r}; absent means it was not recorded). {fix}")
+    with_overrides = {k: e["overrides"] for k, e in manifest.get("notebooks", {}).items() if e.get("overrides")}
+    assert not with_overrides, f"results/ were made with --set overrides {with_overrides}. {fix}"

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             PREPARERS[args.source](Path(args.download_dir))
     except ClipOODError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
     return 0
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,28 +13,82 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ClassNameMismatchError, CorruptImageError
+from ..errors import ClassNameMismatchError, CorruptImageError, EmptyClassError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 
 
-def scan_imagefolder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit RGB image of any PIL image, decoded fully (so a truncated file fails here).
+
+    - 16- and 32-bit integer images (``I;16*``, ``I``: 16-bit grayscale PNG/TIFF) are scaled from their
+      0-65535 range to 0-255 (PIL's own ``convert("RGB")`` clips them, which turns most pixels white);
+      32-bit float images (``F``) are taken to lie in [0, 1] when their maximum is at most 1, else in [0, 255];
+    - images with transparency (``RGBA``, ``LA``, ``PA``, palette images with a transparent colour) are
+      composited onto :data:`ALPHA_BACKGROUND` (white) instead of dropping the alpha channel.
+    """
+    im.load()
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im, dtype=np.float64)
+        return Image.fromarray(np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = a * 255.0 if np.nanmax(a) <= 1.0 else a
+        return Image.fromarray(np.clip(np.round(np.nan_to_num(a)), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class folders of an ImageFolder tree (sorted, hidden folders left out); empty for a flat folder."""
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def scan_imagefolder(root: Path, exclude: Collection[str] = ()) -> tuple[list[str], list[tuple[str, int]]]:
     """Class folders (sorted) and ``(relative path, label)`` pairs sorted by class then file name.
 
-    A folder without class sub-folders is one class named after the folder.
+    A folder without class sub-folders is one class named after the folder. Class folders named in ``exclude``
+    are left out (not scanned; the labels count the kept folders). A class folder without any image raises
+    :class:`~helpers.errors.EmptyClassError` naming every such folder; files that are not images (by extension,
+    :data:`IMG_EXTENSIONS`; hidden files aside) are skipped with one warning that gives their count and names.
     """
-    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    subdirs = class_folders(root)
     if not subdirs:
         classes, dirs = [root.name], [root]
     else:
-        classes, dirs = subdirs, [root / d for d in subdirs]
+        skip = set(exclude)
+        classes = [d for d in subdirs if d not in skip]
+        dirs = [root / d for d in classes]
     samples = []
+    empty, others = [], []
     for label, d in enumerate(dirs):
+        n_before = len(samples)
         for dirpath, _, files in sorted(os.walk(d, followlinks=True)):
             for f in sorted(files):
                 if f.lower().endswith(IMG_EXTENSIONS):
                     samples.append((os.path.relpath(os.path.join(dirpath, f), root), label))
+                elif not f.startswith("."):
+                    others.append(os.path.relpath(os.path.join(dirpath, f), root))
+        if len(samples) == n_before and d != root:
+            empty.append(classes[label])
+    if empty:
+        raise EmptyClassError(
+            f"{len(empty)} class folder(s) of {root} hold no image: {', '.join(empty[:10])}"
+            f"{', ...' if len(empty) > 10 else ''} (image extensions: {' '.join(IMG_EXTENSIONS)}). An empty "
+            f"folder would become a class with no images. Fix: add images to it, delete it, or leave it out "
+            f"with get_dataset(..., exclude=[{', '.join(repr(c) for c in empty[:3])}])."
+        )
+    if others:
+        warnings.warn(
+            f"{root}: skipped {len(others)} file(s) that are not images: {', '.join(others[:5])}"
+            f"{', ...' if len(others) > 5 else ''} (image extensions: {' '.join(IMG_EXTENSIONS)}).",
+            UserWarning, stacklevel=2,
+        )
     return classes, samples
 
 
@@ -92,7 +147,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         path = self.root / self.samples[i].path
         try:
             with Image.open(path) as im:
-                return im.convert("RGB")  # forces the decode, so truncated files fail here
+                return to_rgb(im)
         except DECODE_ERRORS as e:
             if self.on_error == "skip":
                 return None
@@ -124,6 +179,16 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         for s in self.samples:
             st = (self.root / s.path).stat()
             h.update(f"{s.path}\t{s.label}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    def content_fingerprint(self) -> str:
+        """Like :meth:`fingerprint` but hashing every file's *bytes* instead of its size and modification time:
+        a copied folder (``cp -r``) keeps it. Slower (reads every file); used for long trainings' cache keys."""
+        h = hashlib.sha256()
+        h.update(("\x1f".join(self.classes) + "\x1e" + "\x1f".join(self.class_names)).encode())
+        for s in self.samples:
+            h.update(f"{s.path}\t{s.label}\t".encode())
+            h.update(hashlib.sha256((self.root / s.path).read_bytes()).digest())
         return h.hexdigest()
 
     def __repr__(self) -> str:

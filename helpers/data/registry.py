@@ -11,7 +11,7 @@ class (:data:`TINY_IMAGENET_CIFAR10_OVERLAP`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,6 @@ class DatasetSpec:
     holdout: Holdout | None = None
     source: str = ""  # official source (see helpers.data.sources)
     description: str = ""
-    aliases: tuple[str, ...] = field(default=())
 
 
 # Tiny-ImageNet classes whose concept is a CIFAR-10 class (or a kind of it). Removing them turns
