@@ -3,6 +3,7 @@
 # MIRROR may also come from the environment variable CLIPOOD_MIRROR.
 PYTHON  ?= python3
 PROFILE ?= teaching
+POCKET  ?= small
 MIRROR  ?= $(CLIPOOD_MIRROR)
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -27,7 +28,7 @@ data: env
 	$(PY) -m helpers.data import $(if $(MIRROR),--mirror $(MIRROR),)
 
 model: data
-	$(PY) -m helpers.models.pocket --profile $(PROFILE)
+	$(PY) -m helpers.models.pocket --config $(POCKET)
 
 notebooks: model wordnet
 	$(PY) -m helpers.run --profile $(PROFILE)

@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--vit-images", type=int, default=512, help="images for the (slower) ViT-B-32")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--models", nargs="+", default=["pocket:teaching", "ViT-B-32/random"])
+    p.add_argument("--models", nargs="+", default=["pocket:small", "ViT-B-32/random"])
     args = p.parse_args()
     print(f"threads={torch.get_num_threads()} batch={args.batch_size} workers={args.workers}")
     print(f"{'model':22s} {'images':>6s} {'forward img/s':>14s} {'extraction img/s':>17s} {'ratio':>6s}")

@@ -4,13 +4,14 @@ r"""Model families for the ID-accuracy ↔ OOD-AUROC study, and the familiar-OOD
 ($R^2 \ge 0.92$ on 4 benchmarks) between how well a CLIP model classifies the ID classes and how well it
 detects OOD data, across open_clip models. A family is a list of :class:`FamilyMember`:
 
-- ``"paper"``: :data:`OPEN_CLIP_FAMILY`, open_clip models from B/32 to bigG/14 with their pretrained tags;
-- ``"teaching"`` / ``"smoke"``: pocket CLIPs (:mod:`helpers.models.pocket`): each listed pocket profile's final
+- ``"open_clip"``: :data:`OPEN_CLIP_FAMILY`, open_clip models from B/32 to bigG/14 with their pretrained tags;
+- ``"pockets"`` / ``"pockets-100"``: pocket CLIPs (:mod:`helpers.models.pocket`): each listed pocket CLIP's final
   checkpoint plus the snapshots its config saves along the run (``PocketConfig.snapshots``). All are trained on
   first use through ``pocket_checkpoint`` and cached; snapshots cost nothing extra.
 
-:func:`evaluate_family` scores every member with :func:`helpers.probes.fit_detectors` (same code as the main
-comparison) and :func:`fit_line` fits AUROC against accuracy (scipy's ``linregress``).
+:func:`evaluate_family` scores every member with :func:`helpers.evaluation.evaluate` (the same detectors and
+code as the main comparison), :func:`family_summary` makes one row per member and :func:`fit_line` fits AUROC
+against accuracy (scipy's ``linregress``).
 
 **Familiar OOD.** Miyai et al. (*Can pre-trained networks detect familiar out-of-distribution data?*, 2023;
 ``AtsuMiyai/PT-OOD`` has no code) argue that OOD data the backbone saw during pretraining ("PT-OOD") is poorly
@@ -20,22 +21,27 @@ separated by a linear probe's ID decision boundaries, while a feature-space dete
 names like every pretraining image) and the rest form the *seen* OOD test set; the *unseen* classes give a test
 set with the same number of images per class. :func:`familiar_config` adds the seen images to a base pocket
 config; the base config itself is the control (same architecture, schedule and seed, without the seen images).
+:func:`familiar_experiment` scores both, :func:`familiar_gaps` computes the AUROC changes and
+:func:`familiar_verdict` states what they say about the claim.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .benchmark import load_benchmark
 from .data import ImageFolderDataset, get_dataset, per_class_choice
-from .features import extract_features
+from .evaluation import Evaluation, evaluate
 from .models import LoadedModel, load_model
 from .models.pocket import PROFILES, PocketConfig, PretrainSource, get_config, pocket_checkpoint
+from .tables import average_ood
 
 # PLP's CLIP models (openai and LAION-2B weights, B/32 to bigG/14), as open_clip "ARCH/TAG" specs
 OPEN_CLIP_FAMILY: tuple[str, ...] = (
@@ -43,10 +49,10 @@ OPEN_CLIP_FAMILY: tuple[str, ...] = (
     "ViT-B-32/laion2b_s34b_b79k", "ViT-B-16/laion2b_s34b_b88k", "ViT-L-14/laion2b_s32b_b82k",
     "ViT-H-14/laion2b_s32b_b79k", "ViT-bigG-14/laion2b_s39b_b160k",
 )
-# pocket profiles whose final checkpoints and snapshots form each pocket family
+# pocket CLIPs whose final checkpoints and snapshots form each pocket family
 POCKET_FAMILIES: dict[str, tuple[str, ...]] = {
-    "smoke": ("smoke", "smoke-family"),
-    "teaching": ("teaching", "family-xs"),
+    "pockets": ("small", "tiny"),
+    "pockets-100": ("tiny-100", "tiny-100-snapshots"),
 }
 
 
@@ -65,7 +71,7 @@ class FamilyMember:
         arch, ckpt, info = pocket_checkpoint(self.pocket, device=device)
         if self.snapshot is None:
             loaded = load_model(arch, str(ckpt), device=device)
-            loaded.info = info
+            loaded.info, loaded.name = info, self.name
             return loaded
         key = f"{self.snapshot:.2f}"
         if key not in info.get("snapshots", {}):
@@ -74,80 +80,78 @@ class FamilyMember:
         loaded = load_model(arch, str(ckpt.parent / info["snapshots"][key]), device=device)
         # the training report's zero-shot accuracy belongs to the final checkpoint, not to this snapshot
         loaded.info = {**info, "snapshot": self.snapshot, "zero_shot_accuracy": None}
+        loaded.name = self.name
         return loaded
 
 
-def pocket_members(profile: str | PocketConfig) -> list[FamilyMember]:
+def pocket_members(config: str | PocketConfig) -> list[FamilyMember]:
     """The snapshots (in training order) and the final checkpoint of one pocket CLIP run."""
-    cfg = get_config(profile)
-    snaps = [FamilyMember(f"{cfg.name} @{f:.0%}", pocket=cfg, snapshot=f) for f in sorted(cfg.snapshots)]
-    return snaps + [FamilyMember(cfg.name, pocket=cfg)]
+    cfg = get_config(config)
+    snaps = [FamilyMember(f"pocket:{cfg.name} @{f:.0%}", pocket=cfg, snapshot=f) for f in sorted(cfg.snapshots)]
+    return snaps + [FamilyMember(f"pocket:{cfg.name}", pocket=cfg)]
 
 
 def get_family(family: str | list[str]) -> list[FamilyMember]:
-    """Members of a named family (``"paper"``, ``"teaching"``, ``"smoke"``) or of a list of model specs, where
-    ``"pocket:<profile>"`` stands for that pocket run's snapshots and final checkpoint."""
+    """Members of a named family (``"open_clip"``, ``"pockets"``, ``"pockets-100"``) or of a list of model specs,
+    where ``"pocket:<name>"`` stands for that pocket run's snapshots and final checkpoint."""
     if isinstance(family, (list, tuple)):
         return [m for s in family for m in
                 (pocket_members(s.partition(":")[2]) if s.startswith("pocket:") else [FamilyMember(s, spec=s)])]
-    if family == "paper":
+    if family == "open_clip":
         return [FamilyMember(s, spec=s) for s in OPEN_CLIP_FAMILY]
     if family in POCKET_FAMILIES:
         return [m for p in POCKET_FAMILIES[family] for m in pocket_members(PROFILES[p])]
-    raise KeyError(f"unknown model family {family!r}; known: {['paper', *POCKET_FAMILIES]}, or pass a list of "
+    raise KeyError(f"unknown model family {family!r}; known: {['open_clip', *POCKET_FAMILIES]}, or pass a list of "
                    f"model specs such as ['ViT-B-16/openai', 'ViT-L-14/openai']")
 
 
-def mean_auroc(table: pd.DataFrame) -> pd.Series:
-    """AUROC (%) of each method averaged over the OOD sets of a :func:`helpers.probes.detector_table`."""
-    return table.groupby("method", sort=False)["auroc"].mean()
-
-
 def score_model(loaded: LoadedModel, train: ImageFolderDataset, id_test: ImageFolderDataset,
-                ood: dict[str, ImageFolderDataset], *, device: str = "cpu", amp: bool = False, batch_size: int = 256,
-                workers: int = 2, fit: dict | None = None, n_boot: int = 0, fpr_method: str = "nearest",
-                progress: bool = False):
+                ood: Sequence[ImageFolderDataset], detectors: Sequence, *, step: str, method: str = "zero-shot",
+                results_dir=None, n_boot: int = 0, fpr_method: str = "nearest", device: str = "cpu", **extract
+                ) -> Evaluation:
     """Notebook 03's pipeline for one model: cached features of the ID training split ``train``, the ID test set
-    and the ``ood`` sets; :func:`helpers.probes.fit_detectors` (``fit`` keyword arguments) on ``train``;
-    :func:`helpers.probes.detector_table`. Returns ``(suite, table, ID accuracies)``."""
-    from .probes import detector_table, fit_detectors
-
-    def feats(ds):
-        return extract_features(loaded, ds, kinds=("image", "preproj"), batch_size=batch_size, num_workers=workers,
-                                amp=amp, progress=progress)
-
-    suite = fit_detectors(loaded, feats(train), device=device, **(fit or {}))
-    id_feats = feats(id_test)
-    table = detector_table(suite, id_feats, {k: feats(d) for k, d in ood.items()}, n_boot=n_boot, seed=0,
-                           fpr_method=fpr_method)
-    return suite, table, suite.accuracies(id_feats)
+    and the ``ood`` sets (``extract``: ``amp``, ``batch_size``, ``workers``), then :func:`evaluate`."""
+    bench = load_benchmark(loaded, id_test, list(ood), train_dataset=train, kinds=("image", "preproj"),
+                           device=device, progress=False, **extract)
+    return evaluate(detectors, bench, results_dir=results_dir, step=step, method=method, n_boot=n_boot,
+                    fpr_method=fpr_method, device=device)
 
 
-def evaluate_family(members: list[FamilyMember], *, id_dataset: str, ood_datasets: list[str], probe_dataset: str,
-                    max_per_class: int | None = None, ood_max_per_class: int | None = None,
+def evaluate_family(members: list[FamilyMember], detectors: Sequence, *, id_dataset: str, ood_datasets: list[str],
+                    probe_dataset: str, max_per_class: int | None = None, ood_max_per_class: int | None = None,
                     probe_max_per_class: int | None = None, device: str = "cpu", **kwargs
                     ) -> tuple[pd.DataFrame, list[LoadedModel]]:
-    """ID accuracies and mean OOD AUROCs of every member (one row each), and the loaded models (provenance).
+    """The long-table rows (``step="family"``) of every member and the loaded models (for provenance).
 
-    Each member goes through :func:`score_model` (``kwargs``: ``amp``, ``batch_size``, ``workers``, ``fit``...) on
-    ``probe_dataset`` (ID training split), ``id_dataset`` and ``ood_datasets``, subsampled per class as given.
+    Each member goes through :func:`score_model` (``kwargs``: ``results_dir``, ``n_boot``, ``amp``,
+    ``batch_size``, ``workers`` ...) on ``probe_dataset`` (ID training split), ``id_dataset`` and
+    ``ood_datasets``, subsampled per class as given.
     """
     train = get_dataset(probe_dataset, max_per_class=probe_max_per_class)
     id_test = get_dataset(id_dataset, max_per_class=max_per_class)
-    ood = {n: get_dataset(n, max_per_class=ood_max_per_class) for n in ood_datasets}
-    rows, models = [], []
+    ood = [get_dataset(n, max_per_class=ood_max_per_class) for n in ood_datasets]
+    tables, models = [], []
     for member in members:
         loaded = member.load(device)
-        suite, table, acc = score_model(loaded, train, id_test, ood, device=device, **kwargs)
-        rows.append({"model": member.name, "model_id": loaded.model_id,
-                     "image-tower parameters (M)": sum(p.numel() for p in loaded.model.visual.parameters()) / 1e6,
-                     **{f"acc: {k}": v for k, v in acc.items()},
-                     "pseudo-label acc": suite.info["pseudo_label_accuracy"],
-                     **{f"AUROC: {k}": v for k, v in mean_auroc(table).items()}})
+        tables.append(score_model(loaded, train, id_test, ood, detectors, step="family", device=device,
+                                  **kwargs).table)
         loaded.model.to("cpu")  # keep for provenance, release accelerator memory
         models.append(loaded)
         gc.collect()
-    return pd.DataFrame(rows), models
+    return pd.concat(tables, ignore_index=True), models
+
+
+def family_summary(table: pd.DataFrame, accuracy_of: Sequence[str]) -> pd.DataFrame:
+    """One row per family member: the ID accuracy of the detectors ``accuracy_of`` (labels; their classifiers)
+    and the AUROC of every detector averaged over the OOD sets. The image-tower size is not in the long table;
+    the members' order is kept."""
+    avg = average_ood(table)
+    avg = avg[avg["ood_set"] == "average"]
+    acc = avg[avg["detector_label"].isin(accuracy_of)].pivot_table(
+        index="model", columns="detector_label", values="id_acc", sort=False)
+    auroc = avg.pivot_table(index="model", columns="detector_label", values="auroc", sort=False)
+    out = pd.concat([acc.add_prefix("acc: "), auroc.add_prefix("AUROC: ")], axis=1)
+    return out.loc[list(dict.fromkeys(table["model"]))].reset_index()
 
 
 def fit_line(x, y) -> dict[str, float]:
@@ -228,34 +232,32 @@ def familiar_config(base: str | PocketConfig, split: FamiliarSplit) -> PocketCon
                                pretrain=cfg.pretrain + (split.pretrain_source(),), snapshots=())
 
 
-def familiar_experiment(base: str | PocketConfig, split: FamiliarSplit, *, id_dataset: str, probe_dataset: str,
-                        id_max_per_class: int | None = None, probe_max_per_class: int | None = None,
-                        test_max_per_class: int | None = None, device: str = "cpu", **kwargs
-                        ) -> tuple[pd.DataFrame, list[LoadedModel]]:
-    """Score the control (``base``) and the familiar pocket CLIP on the seen and unseen test sets of ``split``.
-
-    One :func:`score_model` call per model (``kwargs``: ``amp``, ``batch_size``, ``workers``, ``fit``, ``n_boot``,
-    ``fpr_method``); the rows of both detector tables with columns ``experiment`` (the OOD dataset), ``model``
-    (``"control"`` / ``"familiar"``) and the model's ``zero_shot_accuracy`` (%).
-    """
+def familiar_experiment(base: str | PocketConfig, split: FamiliarSplit, detectors: Sequence, *, id_dataset: str,
+                        probe_dataset: str, id_max_per_class: int | None = None,
+                        probe_max_per_class: int | None = None, test_max_per_class: int | None = None,
+                        device: str = "cpu", **kwargs) -> tuple[pd.DataFrame, list[LoadedModel]]:
+    """Score the control (``base``, ``method="control"``) and the familiar pocket CLIP (``method="familiar"``)
+    on the seen and unseen test sets of ``split`` (``step="familiar: <dataset>"``); one :func:`score_model` call
+    per model (``kwargs``: ``results_dir``, ``n_boot``, ``fpr_method``, ``amp``, ``batch_size``, ``workers``).
+    Returns the long-table rows and the two models."""
     train = get_dataset(probe_dataset, max_per_class=probe_max_per_class)
     id_test = get_dataset(id_dataset, max_per_class=id_max_per_class)
-    tests = split.test_sets(test_max_per_class)
-    rows, models = [], []
+    tests = list(split.test_sets(test_max_per_class).values())
+    tables, models = [], []
     for label, cfg in (("control", get_config(base)), ("familiar", familiar_config(base, split))):
-        loaded = FamilyMember(label, pocket=cfg).load(device)
-        _, table, _ = score_model(loaded, train, id_test, tests, device=device, **kwargs)
-        rows.append(table.assign(experiment=split.dataset, model=label,
-                                 zero_shot_accuracy=100 * loaded.info["zero_shot_accuracy"]))
+        loaded = FamilyMember(f"pocket:{cfg.name}", pocket=cfg).load(device)
+        tables.append(score_model(loaded, train, id_test, tests, detectors, step=f"familiar: {split.dataset}",
+                                  method=label, device=device, **kwargs).table)
         models.append(loaded)
-    return pd.concat(rows, ignore_index=True), models
+    return pd.concat(tables, ignore_index=True), models
 
 
 def familiar_gaps(table: pd.DataFrame) -> pd.DataFrame:
-    """Per experiment and method, from :func:`familiar_experiment` rows: AUROC gaps *unseen − seen* of each model,
-    familiar − control on each test set, and the change of the gap (familiar − control; > 0: familiarity hurts
-    the seen classes more than the unseen ones)."""
-    a = table.pivot_table(index=["experiment", "method"], columns=["model", "ood"], values="auroc", sort=False)
+    """Per experiment (``step``) and detector, from :func:`familiar_experiment` rows: AUROC gaps *unseen − seen* of
+    each model, familiar − control on each test set, and the change of the gap (familiar − control; > 0:
+    familiarity hurts the seen classes more than the unseen ones)."""
+    t = table.assign(part=table["ood_set"].str.rsplit("-", n=1).str[-1])
+    a = t.pivot_table(index=["step", "detector_label"], columns=["method", "part"], values="auroc", sort=False)
     gaps = pd.DataFrame({
         "control: unseen − seen": a[("control", "unseen")] - a[("control", "seen")],
         "familiar: unseen − seen": a[("familiar", "unseen")] - a[("familiar", "seen")],
@@ -264,3 +266,27 @@ def familiar_gaps(table: pd.DataFrame) -> pd.DataFrame:
     })
     gaps["gap change"] = gaps["familiar: unseen − seen"] - gaps["control: unseen − seen"]
     return gaps.reset_index()
+
+
+def familiar_verdict(gaps: pd.DataFrame, boundary: Sequence[str], feature: Sequence[str],
+                     noise: float = 3.0) -> pd.DataFrame:
+    """What the familiar-OOD experiment says about the PT-OOD claim, per experiment (``step``).
+
+    ``boundary`` / ``feature``: detector labels of the boundary-based (MCM, probes) and the feature-space
+    (kNN, Mahalanobis) detectors. On the seen classes the claim predicts that familiarity costs boundary-based
+    detectors more than feature-space ones. ``noise``: AUROC points below which the two means are called
+    indistinguishable. The effect is *domain-wide* rather than class-specific when the mean absolute change on
+    the seen classes is less than twice as large as its difference from the change on the unseen classes.
+    """
+    rows = []
+    for step, g in gaps.groupby("step", sort=False):
+        g = g.set_index("detector_label")
+        seen, unseen = g["familiar − control on seen"], g["familiar − control on unseen"]
+        both = [*boundary, *feature]
+        b, f = seen[list(boundary)].mean(), seen[list(feature)].mean()
+        specific = (seen - unseen)[both].abs().mean() >= 0.5 * seen[both].abs().mean()
+        rows.append({"experiment": step, "boundary-based: familiar − control (seen)": b,
+                     "feature-space: familiar − control (seen)": f,
+                     "direction the claim predicts": bool(b < f), "difference above noise": bool(abs(b - f) >= noise),
+                     "effect": "class-specific" if specific else "domain-wide (unseen classes changed as much)"})
+    return pd.DataFrame(rows)

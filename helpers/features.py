@@ -9,14 +9,18 @@ Feature kinds (``kinds=``):
   ``v = x + out_proj(W_v · ln_1(x)); v = v + MLP(ln_2(v))``, followed by ``ln_post`` and ``proj``.
 
 Cache: ``<cache>/features/<dataset>/<model>/<key>/`` holds one ``.npy`` per array and ``meta.json``. The key
-hashes everything that determines the content: model id and checkpoint hash, the preprocessing transform,
-the dataset's file list (paths, sizes, mtimes, labels), the kinds, the autocast dtype, the bad-image policy and
-:data:`FEATURE_CODE_VERSION`. Work is done in chunks, each written atomically to ``parts/``; an interrupted
-run resumes from the chunks already written. ``meta.json`` is written last, so a cache without it (or whose
-files do not match it) is incomplete and is rebuilt, never reused.
+hashes everything that determines the content: the model's image id and checkpoint hash, the preprocessing
+transform, the dataset's file list (paths, sizes, mtimes, labels), the kinds, the autocast dtype, the bad-image
+policy and a hash of the extraction code (:func:`helpers.cache.code_hash`). ``meta.json`` records the sha256 of
+every array file; loading checks them (and that no value is NaN/inf), so a damaged or edited cache is detected
+and rebuilt, never served.
 
-Under ``torchrun`` each process takes every ``world_size``-th chunk; rank 0 merges the parts in chunk order,
-which gives the same arrays as a single process because batches never cross chunk boundaries.
+Work is done in chunks of ``chunk_size`` images, each written atomically to ``parts/``; an interrupted run
+resumes from the chunks already written (chunks written with another chunk size are discarded), and the merge
+checks that the rows cover every image exactly once. ``meta.json`` is written last, so a cache without it is
+incomplete and is rebuilt, never reused. Under ``torchrun`` each process takes every ``world_size``-th chunk;
+rank 0 merges the parts in chunk order, which gives the same arrays as a single process because batches never
+cross chunk boundaries.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import shutil
 import sys
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,14 +41,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .cache import code_hash, slug
 from .data import ImageFolderDataset, collate_skip, get_dataset
-from .errors import CorruptImageError, NonFiniteError
-from .io import atomic_path, sha256_json, write_json
+from .errors import ClipOODError, CorruptImageError, NonFiniteError
+from .io import atomic_path, sha256_file, sha256_json, write_json
 from .models import LoadedModel, load_model
 from .paths import cache_dir
 from .torchtools import autocast
 
-FEATURE_CODE_VERSION = 1
 KINDS = ("image", "preproj", "local")
 
 
@@ -65,6 +70,13 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def subset(self, rows) -> Features:
+        """The features of ``rows`` (indices into this set), in that order; ``meta`` is kept (it names the cache)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return Features(self.dataset, self.model_id, self.labels[rows], [self.paths[i] for i in rows], self.classes,
+                        self.class_names, failed=self.failed, meta=self.meta,
+                        **{k: None if getattr(self, k) is None else getattr(self, k)[rows] for k in KINDS})
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -113,39 +125,57 @@ def amp_dtype(device: torch.device, amp: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------- cache
+def extraction_code_hash() -> str:
+    """Hash of the code that turns images into features (part of every feature-cache key)."""
+    from .data import imagefolder
+
+    return code_hash(encode_images, value_path, _check_vit, imagefolder.to_rgb, imagefolder.ImageFolderDataset.load_rgb)
+
+
 def cache_key(loaded: LoadedModel, ds: ImageFolderDataset, kinds: tuple[str, ...], amp: str) -> dict:
     return {
-        "model_id": loaded.model_id, "checkpoint_sha256": loaded.checkpoint_sha256, "precision": loaded.precision,
+        "model_id": loaded.image_id, "checkpoint_sha256": loaded.checkpoint_sha256, "precision": loaded.precision,
         "transform": loaded.transform_id, "dataset": ds.name, "files": ds.fingerprint(), "n_files": len(ds),
-        "kinds": sorted(kinds), "autocast": amp, "on_error": ds.on_error, "code": FEATURE_CODE_VERSION,
+        "kinds": sorted(kinds), "autocast": amp, "on_error": ds.on_error, "code": extraction_code_hash(),
     }
 
 
 def cache_path(key: dict) -> Path:
-    slug = key["model_id"].replace("/", "_").replace(":", "-")
-    return cache_dir() / "features" / key["dataset"] / slug / sha256_json(key)[:20]
+    return cache_dir() / "features" / slug(key["dataset"]) / slug(key["model_id"]) / sha256_json(key)[:20]
+
+
+def _verify(folder: Path, meta: dict) -> dict[str, np.ndarray]:
+    """The arrays of a complete cache folder, after checking shapes, content hashes and finiteness."""
+    arrays = {}
+    for name, info in meta["arrays"].items():
+        f = folder / f"{name}.npy"
+        if f.stat().st_size != info["bytes"]:
+            raise ValueError(f"{f.name} has {f.stat().st_size} bytes, expected {info['bytes']}")
+        if sha256_file(f) != info["sha256"]:
+            raise ValueError(f"{f.name} does not match the sha256 recorded when it was written")
+        arr = np.load(f, mmap_mode="r")
+        if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
+            raise ValueError(f"{f.name} has shape {arr.shape}, expected {info['shape']}")
+        arrays[name] = arr if name == "local" else np.array(arr)  # local may be huge: stays memory-mapped
+        if name != "local" and arr.dtype.kind == "f" and not np.isfinite(arrays[name]).all():
+            raise ValueError(f"{f.name} contains NaN/inf values")
+    return arrays
 
 
 def _load_cached(folder: Path, key: dict) -> Features | None:
-    """The cached features if ``folder`` holds a complete cache for ``key``; None if absent, stale or broken."""
+    """The cached features if ``folder`` holds a complete, intact cache for ``key``; None if absent. A stale or
+    damaged cache is reported, removed and None returned (the caller extracts again)."""
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         return None
     try:
         meta = json.loads(meta_path.read_text())
         if meta.get("key") != key or not meta.get("complete"):
-            raise ValueError("key mismatch")
-        arrays = {}
-        for name, info in meta["arrays"].items():
-            f = folder / f"{name}.npy"
-            if f.stat().st_size != info["bytes"]:
-                raise ValueError(f"{f.name} has {f.stat().st_size} bytes, expected {info['bytes']}")
-            arr = np.load(f, mmap_mode="r")
-            if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
-                raise ValueError(f"{f.name} has shape {arr.shape}, expected {info['shape']}")
-            arrays[name] = arr if name == "local" else np.array(arr)  # local may be huge: stays memory-mapped
+            raise ValueError("its key differs from the one asked for")
+        arrays = _verify(folder, meta)
     except (OSError, ValueError, KeyError, EOFError) as e:
-        warnings.warn(f"feature cache {folder} is stale or damaged ({e}); rebuilding it", stacklevel=3)
+        warnings.warn(f"feature cache {folder} ({key['dataset']}) is stale or damaged ({e}); extracting the "
+                      f"features again", stacklevel=3)
         shutil.rmtree(folder, ignore_errors=True)
         return None
     return Features(
@@ -155,13 +185,41 @@ def _load_cached(folder: Path, key: dict) -> Features | None:
     )
 
 
-def _load_part(path: Path) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError):
-        path.unlink(missing_ok=True)  # a part cut short is recomputed
+def _part_path(parts: Path, chunk_size: int, j: int) -> Path:
+    return parts / f"chunk{chunk_size}-{j:06d}.npz"
+
+
+def _load_part(path: Path, rows: range | None = None) -> dict[str, np.ndarray] | None:
+    """A written chunk, or None when it is missing; a chunk cut short (or, given ``rows``, one that does not hold
+    exactly these rows) is reported, removed and None returned (it is extracted again)."""
+    if not path.is_file():
         return None
+    try:
+        with open(path, "rb") as fh, np.load(fh) as z:  # our own handle: closed also when the zip does not read
+            part = {k: z[k] for k in z.files}
+        if rows is not None and not np.array_equal(np.sort(np.r_[part["index"], part["failed"]]), np.asarray(rows)):
+            raise ValueError(f"it does not hold rows {rows.start}..{rows.stop - 1}")
+        return part
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        warnings.warn(f"feature chunk {path} is damaged ({type(e).__name__}: {e}); extracting it again",
+                      stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _save_part(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_path(path, ".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def _discard_other_chunkings(parts: Path, chunk_size: int) -> None:
+    stale = [p for p in parts.glob("chunk*.npz") if not p.name.startswith(f"chunk{chunk_size}-")]
+    if stale:
+        print(f"[features] discarding {len(stale)} chunk(s) of {parts.parent} written with another chunk size",
+              flush=True)
+        for p in stale:
+            p.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------ extraction
@@ -180,6 +238,37 @@ def _barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
+def _check_finite(k: str, v: torch.Tensor, ds: ImageFolderDataset, indices: torch.Tensor, model_id: str) -> None:
+    if not torch.isfinite(v).all():
+        rows = (~torch.isfinite(v.flatten(1)).all(1)).nonzero().flatten().tolist()
+        names = [ds.samples[int(indices[i])].path for i in rows[:5]]
+        raise NonFiniteError(f"NaN/inf in {k!r} features of {ds.name} for {len(rows)} image(s), e.g. {names}. "
+                             f"Fix: run in fp32 (amp=False) or check the model weights ({model_id}).")
+
+
+def _extract_chunk(visual, batches, n_batches: int, kinds, device, amp: bool, ds, model_id: str, bar):
+    """Run ``n_batches`` batches of the loader iterator ``batches``; the chunk's arrays (features, row index,
+    failed rows)."""
+    acc: dict[str, list] = {k: [] for k in kinds}
+    idx, failed = [], []
+    for _ in range(n_batches):
+        images, _, indices, bad = next(batches)
+        failed += bad
+        bar.update(len(indices) + len(bad))
+        if images is None:
+            continue
+        with autocast(device, amp):
+            out = encode_images(visual, images.to(device, non_blocking=True), kinds)
+        for k, v in out.items():
+            _check_finite(k, v, ds, indices, model_id)
+            acc[k].append(v.to("cpu", torch.float16 if k == "local" else torch.float32).numpy())
+        idx.append(indices.numpy())
+    arrays = {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in acc.items()}
+    arrays["index"] = np.concatenate(idx) if idx else np.zeros((0,), np.int64)
+    arrays["failed"] = np.array(failed, dtype=np.int64)
+    return arrays
+
+
 @torch.inference_mode()
 def extract_features(
     loaded: LoadedModel,
@@ -192,7 +281,6 @@ def extract_features(
     chunk_size: int = 2048,
     use_cache: bool = True,
     progress: bool = True,
-    _stop_after_chunks: int | None = None,  # tests: simulate an interruption
 ) -> Features:
     """Image features of ``dataset`` under ``loaded`` (see the module docstring), from the cache when possible.
 
@@ -216,9 +304,12 @@ def extract_features(
         loaded.model.to(device)
     parts = folder / "parts"
     parts.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        _discard_other_chunkings(parts, chunk_size)
+    _barrier(world)
     n = len(ds)
     chunks = [(j, range(s, min(s + chunk_size, n))) for j, s in enumerate(range(0, n, chunk_size))]
-    todo = [(j, r) for j, r in chunks if j % world == rank and _load_part(parts / f"chunk-{j:06d}.npz") is None]
+    todo = [(j, r) for j, r in chunks if j % world == rank and _load_part(_part_path(parts, chunk_size, j), r) is None]
     t0, done_images = time.time(), 0
     visual = loaded.model.visual
     visual.eval()
@@ -228,40 +319,19 @@ def extract_features(
     it = iter(loader)
     bar = tqdm(total=sum(len(r) for _, r in todo), desc=f"features {ds.name}", disable=not progress or rank != 0,
                mininterval=2)
-    for count, (j, r) in enumerate(todo):
-        if _stop_after_chunks is not None and count >= _stop_after_chunks:
-            raise KeyboardInterrupt(f"simulated interruption after {count} chunks")
-        acc: dict[str, list] = {k: [] for k in kinds}
-        idx, failed = [], []
-        for _ in range(0, len(r), batch_size):
-            images, _, indices, bad = next(it)
-            failed += bad
-            if images is None:
-                continue
-            with autocast(device, amp):
-                out = encode_images(visual, images.to(device, non_blocking=True), kinds)
-            for k, v in out.items():
-                if not torch.isfinite(v).all():
-                    rows = (~torch.isfinite(v.flatten(1)).all(1)).nonzero().flatten().tolist()
-                    names = [ds.samples[int(indices[i])].path for i in rows[:5]]
-                    raise NonFiniteError(
-                        f"NaN/inf in {k!r} features of {ds.name} for {len(rows)} image(s), e.g. {names}. "
-                        f"Fix: run in fp32 (amp=False) or check the model weights ({loaded.model_id}).")
-                acc[k].append(v.to("cpu", torch.float16 if k == "local" else torch.float32).numpy())
-            idx.append(indices.numpy())
-            bar.update(len(indices) + len(bad))
-            done_images += len(indices)
-        arrays = {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in acc.items()}
-        arrays["index"] = np.concatenate(idx) if idx else np.zeros((0,), np.int64)
-        arrays["failed"] = np.array(failed, dtype=np.int64)
-        with atomic_path(parts / f"chunk-{j:06d}.npz", ".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-    bar.close()
+    try:
+        for j, r in todo:
+            arrays = _extract_chunk(visual, it, len(range(0, len(r), batch_size)), kinds, device, amp, ds,
+                                    loaded.model_id, bar)
+            done_images += len(arrays["index"])
+            _save_part(_part_path(parts, chunk_size, j), arrays)
+    finally:
+        bar.close()
+        del it  # shuts the DataLoader workers down now, also after an error in one of them
     seconds = time.time() - t0
     _barrier(world)
     if rank == 0:
-        _merge(folder, key, ds, kinds, len(chunks), seconds, done_images)
+        _merge(folder, key, ds, kinds, [_part_path(parts, chunk_size, j) for j, _ in chunks], seconds, done_images)
     _barrier(world)
     res = _load_cached(folder, key)
     assert res is not None, f"merge of {folder} failed"
@@ -269,15 +339,20 @@ def extract_features(
     return res
 
 
-def _merge(folder: Path, key: dict, ds: ImageFolderDataset, kinds, n_chunks: int, seconds: float, n_new: int):
-    parts = [_load_part(folder / "parts" / f"chunk-{j:06d}.npz") for j in range(n_chunks)]
-    missing = [j for j, p in enumerate(parts) if p is None]
+def _merge(folder: Path, key: dict, ds: ImageFolderDataset, kinds, part_paths: list[Path], seconds: float, n_new: int):
+    parts = [_load_part(p) for p in part_paths]
+    missing = [p.name for p, part in zip(part_paths, parts) if part is None]
     if missing:
         raise RuntimeError(f"feature chunks {missing} of {folder} are missing; run the extraction again to resume")
     index = np.concatenate([p["index"] for p in parts]).astype(np.int64)
+    failed = sorted(int(i) for p in parts for i in p["failed"])
+    covered = np.sort(np.r_[index, failed])
+    if not np.array_equal(covered, np.arange(len(ds))):
+        shutil.rmtree(folder / "parts", ignore_errors=True)
+        raise RuntimeError(f"the feature chunks of {folder} do not cover the {len(ds)} images of {ds.name} exactly "
+                           f"once ({len(covered)} rows); they were removed. Run the extraction again.")
     if len(index) == 0:
         raise CorruptImageError(f"none of the {len(ds)} images of {ds.name} at {ds.root} could be decoded.")
-    failed = sorted(int(i) for p in parts for i in p["failed"])
     arrays = {k: np.concatenate([p[k] for p in parts if len(p["index"])]) for k in kinds}
     arrays["labels"] = ds.labels[index]
     meta = {"key": key, "complete": True, "n": int(len(index)), "paths": [ds.samples[i].path for i in index],
@@ -285,15 +360,29 @@ def _merge(folder: Path, key: dict, ds: ImageFolderDataset, kinds, n_chunks: int
             "arrays": {}, "extract_seconds": round(seconds, 3), "images_extracted": n_new,
             "images_per_second": round(n_new / seconds, 1) if seconds > 0 and n_new else None}
     for name, arr in arrays.items():
-        with atomic_path(folder / f"{name}.npy", ".npy") as tmp:
-            np.save(tmp, arr)
         f = folder / f"{name}.npy"
-        meta["arrays"][name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": f.stat().st_size}
+        with atomic_path(f, ".npy") as tmp:
+            np.save(tmp, arr)
+        meta["arrays"][name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": f.stat().st_size,
+                                "sha256": sha256_file(f)}
     write_json(folder / "meta.json", meta)
     shutil.rmtree(folder / "parts", ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ text
+def _check_text_cache(arr: np.ndarray, n_classes: int, n_templates: int, ensemble: bool) -> np.ndarray:
+    """``arr`` if it can be the cached embeddings asked for: the shape, finite, every vector of unit norm (a
+    changed value breaks the norm, so this is also the content check)."""
+    want = (n_classes,) if ensemble else (n_classes, n_templates)
+    if arr.ndim != len(want) + 1 or arr.shape[:-1] != want:
+        raise ValueError(f"shape {arr.shape}, expected {want} + (dim,)")
+    if not np.isfinite(arr).all():
+        raise ValueError("it contains NaN/inf values")
+    if not np.allclose(np.linalg.norm(arr.astype(np.float64), axis=-1), 1.0, atol=1e-3):
+        raise ValueError("its vectors are not of unit norm")
+    return arr
+
+
 @torch.inference_mode()
 def text_features(loaded: LoadedModel, class_names: list[str], templates: list[str], *, ensemble: bool = True,
                   batch_size: int = 1000, use_cache: bool = True) -> np.ndarray:
@@ -301,14 +390,21 @@ def text_features(loaded: LoadedModel, class_names: list[str], templates: list[s
 
     ``ensemble=True`` returns (C, D): per class the mean of the normalised prompt embeddings, normalised
     again (CLIP's prompt ensembling, as PLP does). ``ensemble=False`` returns (C, T, D).
+
+    A model with learned prompts (:func:`helpers.models.derive` with ``class_text``, e.g. CoOp) answers for
+    exactly its class names with the learned embeddings, whatever the templates.
     """
-    key = {"model_id": loaded.model_id, "checkpoint_sha256": loaded.checkpoint_sha256, "names": list(class_names),
-           "templates": list(templates), "ensemble": ensemble, "code": FEATURE_CODE_VERSION}
-    path = cache_dir() / "text" / f"{loaded.model_id.replace('/', '_').replace(':', '-')}-{sha256_json(key)[:20]}.npy"
+    if loaded.class_text is not None and tuple(class_names) == loaded.class_text[0]:
+        emb = loaded.class_text[1]
+        return emb if ensemble else emb[:, None, :]
+    key = {"model_id": loaded.text_id, "checkpoint_sha256": loaded.checkpoint_sha256, "names": list(class_names),
+           "templates": list(templates), "ensemble": ensemble, "code": code_hash(text_features)}
+    path = cache_dir() / "text" / f"{slug(loaded.text_id)}-{sha256_json(key)[:20]}.npy"
     if use_cache and path.is_file():
         try:
-            return np.load(path)
-        except (OSError, ValueError, EOFError):
+            return _check_text_cache(np.load(path), len(class_names), len(templates), ensemble)
+        except (OSError, ValueError, EOFError) as e:
+            warnings.warn(f"text-embedding cache {path} is damaged ({e}); computing it again", stacklevel=2)
             path.unlink(missing_ok=True)
     prompts = [t.format(c) for c in class_names for t in templates]
     model = loaded.model
@@ -331,7 +427,7 @@ def text_features(loaded: LoadedModel, class_names: list[str], templates: list[s
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m helpers.features",
                                 description="extract (and cache) image features; shards under torchrun")
-    p.add_argument("--model", required=True, help="e.g. pocket:teaching, ViT-B-16/openai, ViT-B-32/random")
+    p.add_argument("--model", required=True, help="e.g. pocket:small, ViT-B-16/openai, ViT-B-32/random")
     p.add_argument("--dataset", nargs="+", required=True)
     p.add_argument("--kinds", nargs="+", default=["image", "preproj"], choices=KINDS)
     p.add_argument("--max-per-class", type=int)
@@ -343,6 +439,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--on-error", default="fail", choices=["fail", "skip"])
     p.add_argument("--out", help="also save the merged arrays to this .npz (rank 0)")
     args = p.parse_args(argv)
+    try:
+        _extract_cli(args)
+    except ClipOODError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def _extract_cli(args) -> None:
     loaded = load_model(args.model, device=args.device)
     for name in args.dataset:
         ds = get_dataset(name, max_per_class=args.max_per_class, on_error=args.on_error)
@@ -353,9 +461,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{feats.meta.get('images_per_second')} img/s")
             if args.out:
                 np.savez(args.out, labels=feats.labels, **{k: getattr(feats, k) for k in args.kinds})
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

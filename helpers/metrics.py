@@ -15,9 +15,9 @@ Scores are "higher = more in-distribution" everywhere in the package.
 - **AUPR-In / AUPR-Out**: average precision with ID resp. OOD as the positive class (scikit-learn's
   ``average_precision_score``; OOD-positive uses the negated score).
 
-Point estimates use scikit-learn. Bootstrap confidence intervals resample ID and OOD scores independently
-and use the rank formulas below, which equal scikit-learn's values (tested) but run in ``O(n log n)``
-without building curves.
+Point estimates use scikit-learn. Bootstrap confidence intervals resample ID and OOD scores independently;
+all resamples of a block are evaluated at once from one sort (:func:`weighted_auroc_fpr`), which gives the same
+values as scikit-learn on each resample (tested) at a small fraction of the cost.
 """
 
 from __future__ import annotations
@@ -104,22 +104,88 @@ def fpr_fast(pos: np.ndarray, neg: np.ndarray, recall: float = RECALL, method: s
     return _nearest(tpr, fpr, recall)
 
 
+def bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """How often each of ``n`` items is drawn in each of ``n_boot`` resamples with replacement; (n_boot, n)."""
+    idx = rng.integers(0, n, (n_boot, n)) + n * np.arange(n_boot)[:, None]
+    return np.bincount(idx.ravel(), minlength=n * n_boot).reshape(n_boot, n)
+
+
+def _grouped(values: np.ndarray, inverse: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
+    """Per resample (rows of ``weights`` (B, n)) the total weight of each unique value; (B, size)."""
+    b = len(weights)
+    flat = (inverse[None, :] + size * np.arange(b)[:, None]).ravel()
+    return np.bincount(flat, weights=weights.ravel(), minlength=b * size).reshape(b, size)
+
+
+def _weights_by_value(s_id, s_ood, w_id, w_ood):
+    """Per resample and unique score (ascending) the ID and OOD weights: two (B, U) arrays."""
+    u, inv = np.unique(np.r_[s_id, s_ood], return_inverse=True)
+    a = _grouped(u, inv[:len(s_id)], np.asarray(w_id, dtype=np.float64), len(u))
+    o = _grouped(u, inv[len(s_id):], np.asarray(w_ood, dtype=np.float64), len(u))
+    return a, o
+
+
+def _auroc_of(a: np.ndarray, o: np.ndarray) -> np.ndarray:
+    below = np.cumsum(o, 1) - o  # OOD weight strictly below each unique score
+    return (a * (below + 0.5 * o)).sum(1) / (a.sum(1) * o.sum(1))
+
+
+def weighted_auroc(s_id: np.ndarray, s_ood: np.ndarray, w_id: np.ndarray, w_ood: np.ndarray) -> np.ndarray:
+    """AUROC (B,) of ``B`` weighted versions of the samples (see :func:`weighted_auroc_fpr`)."""
+    return _auroc_of(*_weights_by_value(s_id, s_ood, w_id, w_ood))
+
+
+def weighted_auroc_fpr(s_id: np.ndarray, s_ood: np.ndarray, w_id: np.ndarray, w_ood: np.ndarray, *,
+                       recall: float = RECALL, fpr_positive: str = "id", fpr_method: str = "nearest"
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and FPR95 (B,) of ``B`` weighted versions of the samples at once: row ``b`` counts ID sample ``i``
+    ``w_id[b, i]`` times and OOD sample ``j`` ``w_ood[b, j]`` times (bootstrap resamples as counts).
+
+    Equal to :func:`auroc_fast` / :func:`fpr_fast` on the explicitly repeated samples (tested), computed with one
+    sort for all resamples: per unique score the ID and OOD weights, then cumulative sums.
+    """
+    a, o = _weights_by_value(s_id, s_ood, w_id, w_ood)
+    auroc = _auroc_of(a, o)
+    if fpr_positive == "id":  # thresholds descending: a score >= u is called ID
+        pos, neg = a[:, ::-1], o[:, ::-1]
+    elif fpr_positive == "ood":  # OOD positive on the negated score: thresholds ascending in the score
+        pos, neg = o, a
+    else:
+        raise ValueError(f"fpr_positive must be 'id' or 'ood', not {fpr_positive!r}")
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
+    cum_pos = np.concatenate([np.zeros((len(pos), 1)), np.cumsum(pos, 1)], 1)
+    cum_neg = np.concatenate([np.zeros((len(neg), 1)), np.cumsum(neg, 1)], 1)
+    tpr, fpr = cum_pos / n_pos[:, None], cum_neg / n_neg[:, None]
+    if fpr_method == "interpolate":
+        return auroc, np.array([np.interp(recall, t, f) for t, f in zip(tpr, fpr)])
+    if fpr_method != "nearest":
+        raise ValueError(f"fpr_method must be 'nearest' or 'interpolate', not {fpr_method!r}")
+    gap = np.abs(tpr - recall)
+    first_full = np.argmax(cum_pos >= n_pos[:, None], 1)
+    gap[np.arange(gap.shape[1])[None, :] > first_full[:, None]] = np.inf  # Hendrycks: stop at full recall
+    last_min = gap.shape[1] - 1 - np.argmin(gap[:, ::-1], 1)  # ties go to the lower threshold
+    return auroc, fpr[np.arange(len(fpr)), last_min]
+
+
 def bootstrap_ci(id_scores, ood_scores, *, n_boot: int = 200, alpha: float = 0.05, seed: int = 0,
-                 fpr_positive: str = "id", fpr_method: str = "nearest") -> dict[str, tuple[float, float]]:
+                 fpr_positive: str = "id", fpr_method: str = "nearest", block: int = 50
+                 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals ``(low, high)`` for ``auroc`` and ``fpr95``.
 
-    ID and OOD scores are resampled independently with replacement, ``n_boot`` times, with ``seed``.
+    ID and OOD scores are resampled independently with replacement, ``n_boot`` times, with ``seed``; the
+    resamples are evaluated ``block`` at a time by :func:`weighted_auroc_fpr`.
     """
     s_id, s_ood = _check("id_scores", id_scores), _check("ood_scores", ood_scores)
     rng = np.random.default_rng(seed)
-    au, fp = np.empty(n_boot), np.empty(n_boot)
-    for b in range(n_boot):
-        a = s_id[rng.integers(0, len(s_id), len(s_id))]
-        o = s_ood[rng.integers(0, len(s_ood), len(s_ood))]
-        au[b] = auroc_fast(a, o)
-        fp[b] = fpr_fast(a, o, method=fpr_method) if fpr_positive == "id" else fpr_fast(-o, -a, method=fpr_method)
+    au, fp = [], []
+    for start in range(0, n_boot, block):
+        b = min(block, n_boot - start)
+        w_id, w_ood = bootstrap_counts(len(s_id), b, rng), bootstrap_counts(len(s_ood), b, rng)
+        a, f = weighted_auroc_fpr(s_id, s_ood, w_id, w_ood, fpr_positive=fpr_positive, fpr_method=fpr_method)
+        au.append(a)
+        fp.append(f)
     q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
-    return {"auroc": tuple(np.percentile(au, q)), "fpr95": tuple(np.percentile(fp, q))}
+    return {"auroc": tuple(np.percentile(np.concatenate(au), q)), "fpr95": tuple(np.percentile(np.concatenate(fp), q))}
 
 
 def ood_report(id_scores, ood_scores, *, n_boot: int = 0, seed: int = 0, percent: bool = True,

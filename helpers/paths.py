@@ -6,9 +6,9 @@ what               variable                default
 prepared datasets  ``CLIPOOD_DATA``        ``<repo>/data``
 dataset mirror     ``CLIPOOD_MIRROR``      none (``--mirror`` option instead)
 caches             ``CLIPOOD_CACHE``       ``<repo>/cache`` (features, models, words)
-tables             ``CLIPOOD_RESULTS``     ``<repo>/results``
-figures            ``CLIPOOD_FIGURES``     ``<repo>/figures``
 =================  ======================  ==========================================
+
+Tables and figures go where the runner says (``results_dir`` / ``figures_dir`` notebook parameters).
 """
 
 from __future__ import annotations
@@ -30,14 +30,6 @@ def data_dir() -> Path:
 
 def cache_dir() -> Path:
     return _env_path("CLIPOOD_CACHE", REPO_ROOT / "cache")
-
-
-def results_dir() -> Path:
-    return _env_path("CLIPOOD_RESULTS", REPO_ROOT / "results")
-
-
-def figures_dir() -> Path:
-    return _env_path("CLIPOOD_FIGURES", REPO_ROOT / "figures")
 
 
 def mirror_dir(explicit: str | os.PathLike | None = None) -> Path | None:

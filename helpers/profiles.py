@@ -1,65 +1,51 @@
-"""Run profiles: a small dict of parameters per notebook. Nothing else differs between profiles.
+"""Run profiles: a small dict of parameter *overrides* per notebook. Nothing else differs between profiles.
 
+- ``teaching`` a laptop CPU, minutes: the pocket CLIP on the mirrored CIFAR-10 benchmark. Its values are the
+  defaults written in each notebook's cell tagged ``parameters`` — the one place they live — so a notebook opened
+  in JupyterLab runs the teaching profile as it is.
 - ``smoke``    CI: seconds per notebook; the tiny pocket CLIP, a few images per class.
-- ``teaching`` a laptop CPU, minutes: the pocket CLIP on the mirrored CIFAR-10 benchmark.
 - ``paper``    GPUs and internet: open_clip pretrained models on the ImageNet-1k protocol.
 
-The runner injects ``COMMON[profile]`` then ``NOTEBOOKS[profile][NN]`` into notebook ``NN``'s cell tagged
-``parameters``; each notebook's own parameters cell holds the teaching values as defaults.
+The runner injects ``COMMON[profile]`` then ``NOTEBOOKS[profile][NN]`` into notebook ``NN``'s parameters cell;
+every key must be a parameter of that notebook (a test checks it), so a profile cannot set a name that the
+notebook would silently ignore.
 """
 
 from __future__ import annotations
 
-from .data.registry import PAPER_ID, PAPER_OOD, TEACHING_ID, TEACHING_OOD
+from .data.registry import PAPER_ID, PAPER_OOD
 
 COMMON: dict[str, dict] = {
-    "smoke": {
-        "profile": "smoke", "model": "pocket:smoke", "device": "cpu", "amp": False,
-        "id_dataset": TEACHING_ID, "ood_datasets": list(TEACHING_OOD),
-        "max_per_class": 12, "ood_max_per_class": 6, "batch_size": 64, "workers": 0, "n_boot": 20,
-    },
-    "teaching": {
-        "profile": "teaching", "model": "pocket:teaching", "device": "cpu", "amp": False,
-        "id_dataset": TEACHING_ID, "ood_datasets": list(TEACHING_OOD),
-        "max_per_class": None, "ood_max_per_class": None, "batch_size": 256, "workers": 2, "n_boot": 200,
-    },
-    "paper": {
-        "profile": "paper", "model": "ViT-B-16/openai", "device": "cuda", "amp": True,
-        "id_dataset": PAPER_ID, "ood_datasets": list(PAPER_OOD),
-        "max_per_class": None, "ood_max_per_class": None, "batch_size": 256, "workers": 8, "n_boot": 1000,
-    },
+    "smoke": {"profile": "smoke", "model": "pocket:tiny-100", "max_per_class": 12, "ood_max_per_class": 6,
+              "batch_size": 64, "workers": 0},
+    "teaching": {"profile": "teaching"},
+    "paper": {"profile": "paper", "model": "ViT-B-16/openai", "device": "cuda", "amp": True, "id_dataset": PAPER_ID,
+              "ood_datasets": list(PAPER_OOD), "workers": 8},
 }
 
 NOTEBOOKS: dict[str, dict[str, dict]] = {
     "smoke": {
         "01": {"projection_points": 200},
-        "02": {"neglabel_max_words": 1000},
-        "03": {"probe_max_per_class": 20, "probe_epochs": 10, "familiar_base": "smoke-family",
+        "02": {"n_boot": 20, "neglabel_max_words": 1000},
+        "03": {"n_boot": 20, "probe_max_per_class": 20, "probe_epochs": 10, "familiar_base": "tiny-100-snapshots",
                "familiar_experiments": {"tiny-imagenet-near": {"classes": 20, "pretrain_per_class": 20},
                                         "fashion-mnist": {"classes": 5, "pretrain_per_class": 50}},
                "familiar_max_per_class": 5, "familiar_id_max_per_class": 12, "familiar_probe_max_per_class": 20,
-               "family": "smoke", "family_max_per_class": 12, "family_ood_max_per_class": 3,
+               "family": "pockets-100", "family_max_per_class": 12, "family_ood_max_per_class": 3,
                "family_probe_max_per_class": 20},
-        "04": {"train_max_per_class": 20, "seeds": [1, 2], "eval_max_images": 200, "probe_epochs": 20,
-               "ft_epochs": {"1": 2, "16": 1, "full": 1}, "coop_epochs": {"1": 5, "16": 2, "full": 2}},
+        "04": {"n_boot": 20, "claim_n_boot": 50, "train_max_per_class": 20, "seeds": [1, 2], "eval_max_images": 200,
+               "probe_epochs": 20, "ft_epochs": {"1": 2, "16": 1, "full": 1}, "coop_epochs": {"1": 5, "16": 2, "full": 2}},
     },
-    "teaching": {
-        "01": {"projection_points": 2000},
-        "02": {"neglabel_max_words": 10000},
-        "03": {"probe_epochs": 100, "family": "teaching", "familiar_base": "family-xs"},
-        "04": {"eval_max_images": 500, "ft_epochs": {"1": 20, "16": 5, "full": 1},
-               "coop_epochs": {"1": 200, "16": 50, "full": 3}},
-    },
+    "teaching": {},
     "paper": {
         "01": {"projection_points": 5000},
-        "02": {"neglabel_max_words": None, "compare_published": True},
-        "03": {"probe_dataset": "imagenet-train", "probe_batch_size": 8192, "probe_lr": 1e-3 * 8192 / 256,
-               "family": "paper", "family_max_per_class": 10, "family_ood_max_per_class": 2000,
-               "family_probe_max_per_class": 100},
-        "04": {"train_dataset": "imagenet-train", "shots": [1, 16], "eval_max_images": None,
-               "ft_epochs": {"1": 100, "16": 100}, "ft_batch_size": 256,
-               "ft_lr": 2.5e-4, "ft_mixup": 0.8, "ft_cutmix": 1.0, "ft_augment": False,
-               "coop_epochs": {"1": 50, "16": 50}, "locoop_top_k": 200},
+        "02": {"n_boot": 1000, "neglabel_max_words": None, "compare_published": True},
+        "03": {"n_boot": 1000, "probe_dataset": "imagenet-train", "probe_batch_size": 8192,
+               "probe_lr": 1e-3 * 8192 / 256, "family": "open_clip", "family_max_per_class": 10,
+               "family_ood_max_per_class": 2000, "family_probe_max_per_class": 100},
+        "04": {"n_boot": 1000, "train_dataset": "imagenet-train", "shots": [1, 16], "eval_max_images": None,
+               "ft_epochs": {"1": 100, "16": 100}, "ft_batch_size": 256, "ft_lr": 2.5e-4, "ft_mixup": 0.8,
+               "ft_cutmix": 1.0, "ft_augment": False, "coop_epochs": {"1": 50, "16": 50}, "locoop_top_k": 200},
     },
 }
 

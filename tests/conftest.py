@@ -31,7 +31,7 @@ def smoke_model(require_data):
     """The smoke-profile pocket CLIP (trained once, seconds, then cached)."""
     from helpers.models import load_model
 
-    return load_model("pocket:smoke")
+    return load_model("pocket:tiny-100")
 
 
 @pytest.fixture

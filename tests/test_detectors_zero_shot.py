@@ -1,7 +1,7 @@
-"""Zero-shot scores (MCM family, GL-MCM, NegLabel), NegLabel's word sources, and notebook 02 in the smoke profile.
+"""Zero-shot detectors (MCM family, GL-MCM, NegLabel), NegLabel's word sources, and notebook 02 in the smoke profile.
 
 Every number is checked against an independent computation: a loop over plain ``math`` calls, a hand-worked
-example, or the published rule written out again.
+example, or the published rule written out again. The scoring functions are torch; ``_np`` wraps them.
 """
 
 import inspect
@@ -14,23 +14,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.scores import (
-    energy,
+from helpers import detectors
+from helpers.detectors import (
+    energy_score,
     entropy_score,
-    glmcm,
-    glmcm_from_features,
-    local_mcm,
-    local_mcm_from_features,
-    max_logit,
-    mcm,
+    local_mcm_score,
+    max_logit_score,
+    mcm_score,
     mine_negative_labels,
-    msp,
-    negative_quantiles,
-    neglabel,
-    neglabel_from_features,
-    select_negatives,
+    msp_score,
+    neglabel_score,
 )
-from helpers.scores.neglabel import group_indices
+from helpers.detectors.neglabel import group_indices, negative_quantiles, select_negatives
 from helpers.words import (
     Vocabulary,
     WordsUnavailableError,
@@ -39,6 +34,27 @@ from helpers.words import (
     read_word_list,
     subsample,
 )
+
+
+def _np(f, *arrays, **kw):
+    """A torch scoring function applied to numpy arrays (float64), returned as numpy."""
+    return f(*[torch.as_tensor(np.asarray(a, dtype=np.float64)) for a in arrays], **kw).numpy()
+
+
+def mcm(cos, T=1.0):
+    return _np(mcm_score, cos, T=T)
+
+
+def local_mcm(local_cos, T=1.0):
+    return _np(local_mcm_score, local_cos, T=T)
+
+
+def glmcm(glob, local, T=1.0, lam=0.5):
+    return mcm(glob, T) + lam * local_mcm(local, T)
+
+
+def neglabel(pos, neg, T=0.01, n_groups=100, seed=0):
+    return _np(neglabel_score, pos, neg, T=T, groups=torch.as_tensor(group_indices(neg.shape[1], n_groups, seed)))
 
 
 def softmax_loop(row, T):
@@ -56,19 +72,19 @@ def test_mcm_matches_a_brute_force_loop():
     for T in (1.0, 0.1, 0.01):
         expected = [max(softmax_loop(row, T)) for row in cos]
         np.testing.assert_allclose(mcm(cos, T), expected, rtol=1e-12)
-        np.testing.assert_allclose(msp(cos / T), expected, rtol=1e-12)  # MSP of CLIP logits = MCM at that scale
+        np.testing.assert_allclose(_np(msp_score, cos / T), expected, rtol=1e-12)  # MSP of the logits = MCM
 
 
 def test_logit_scores_on_a_hand_worked_example():
     cos = np.array([[0.3, 0.1, -0.2]])  # at T = 0.1 the logits are 3, 1, -2
     z = math.exp(3) + math.exp(1) + math.exp(-2)
     p = [math.exp(3) / z, math.exp(1) / z, math.exp(-2) / z]
-    assert max_logit(cos, 0.1)[0] == pytest.approx(3.0)
-    assert energy(cos, 0.1)[0] == pytest.approx(0.1 * math.log(z))
-    assert entropy_score(cos, 0.1)[0] == pytest.approx(sum(q * math.log(q) for q in p))
+    assert _np(max_logit_score, cos, T=0.1)[0] == pytest.approx(3.0)
+    assert _np(energy_score, cos, T=0.1)[0] == pytest.approx(0.1 * math.log(z))
+    assert _np(entropy_score, cos, T=0.1)[0] == pytest.approx(sum(q * math.log(q) for q in p))
     assert mcm(cos, 0.1)[0] == pytest.approx(p[0])
     # a uniform row has the largest entropy (log 3) and MCM exactly 1/3
-    assert entropy_score(np.zeros((1, 3)), 0.1)[0] == pytest.approx(-math.log(3))
+    assert _np(entropy_score, np.zeros((1, 3)), T=0.1)[0] == pytest.approx(-math.log(3))
     assert mcm(np.zeros((1, 3)))[0] == pytest.approx(1 / 3)
 
 
@@ -79,18 +95,22 @@ def test_temperature_changes_the_ranking():
     assert s1[0] > s1[1] and s001[0] < s001[1]
 
 
-def test_published_defaults():
-    assert inspect.signature(mcm).parameters["T"].default == 1.0
-    for f in (max_logit, energy, entropy_score, neglabel):
-        assert inspect.signature(f).parameters["T"].default == 0.01
-    sig = inspect.signature(glmcm).parameters
-    assert sig["T"].default == 1.0 and sig["lam"].default == 0.5
-    sig = inspect.signature(neglabel).parameters
-    assert sig["n_groups"].default == 100 and sig["seed"].default == 0
+def test_published_defaults_and_temperature_in_the_label():
+    """Every cosine detector defaults to MCM's T = 1 (its code uses T = 1 for energy, entropy and max-logit too);
+    NegLabel to 100·cos; the label always says which T was used."""
+    for name in ("mcm", "max_logit", "energy", "entropy", "l_mcm", "gl_mcm"):
+        d = detectors.get(name)
+        assert d.params["T"] == 1.0 and "T=1" in d.label
+    assert detectors.get("energy", T=0.01).label == "energy (T=0.01)"
+    assert detectors.get("gl_mcm").params["lam"] == 0.5 and "λ=0.5" in detectors.get("gl_mcm").label
+    nl = detectors.get("neglabel")
+    assert (nl.params["T"], nl.params["n_groups"], nl.params["seed"]) == (0.01, 100, 0)
+    assert (nl.params["percentile"], nl.params["ratio"], nl.params["prompts"]) == (0.95, 0.15, "nice")
+    assert (nl.params["noun_template"], nl.params["adj_template"]) == ("the nice {}", "This is a {} photo")
     sig = inspect.signature(mine_negative_labels).parameters
-    assert sig["percentile"].default == 0.95 and sig["ratio"].default == 0.15
-    assert sig["noun_template"].default == "the nice {}" and sig["adj_template"].default == "This is a {} photo"
     assert tuple(sig["id_templates"].default) == ("the nice {}",)
+    with pytest.raises(ValueError, match="T must be"):
+        detectors.get("mcm", T=0)
 
 
 # ---------------------------------------------------------------------------------------------- GL-MCM
@@ -103,14 +123,44 @@ def test_local_mcm_hand_worked():
     np.testing.assert_allclose(glmcm(glob, local, 1.0, 0.0), mcm(glob, 1.0))
 
 
-def test_local_mcm_from_features_chunks_and_float16():
+class _Fixed:
+    """A stand-in model for fitting text detectors: text_features comes from a patched function."""
+
+
+def _fit_on(det, text, monkeypatch):
+    import helpers.detectors.mcm as mcm_module
+
+    monkeypatch.setattr(mcm_module, "text_features", lambda model, names, templates, **_: text)
+    return det.fit(_Fixed(), [f"c{i}" for i in range(len(text))])
+
+
+def test_detector_numpy_path_chunks_float16_and_names_missing_kinds(monkeypatch):
     rng = np.random.default_rng(1)
     local = unit(rng.normal(size=(9, 6, 8))).astype(np.float16)
+    image = unit(rng.normal(size=(9, 8))).astype(np.float32)
     text = unit(rng.normal(size=(4, 8))).astype(np.float32)
+    d = _fit_on(detectors.get("l_mcm", T=0.1), text, monkeypatch)
     full = local_mcm(local.astype(np.float32) @ text.T, 0.1)
-    np.testing.assert_allclose(local_mcm_from_features(local, text, 0.1, chunk=2), full, rtol=1e-6)
+    np.testing.assert_allclose(d({"local": local}, chunk=2), full, rtol=1e-6)
     with pytest.raises(ValueError, match="local"):
-        local_mcm_from_features(None, text)
+        d({"image": image})
+    with pytest.raises(RuntimeError, match="not fitted"):
+        detectors.get("mcm")({"image": image})
+
+
+def test_model_temperature_is_resolved_at_fit(monkeypatch):
+    class Model:
+        model = torch.nn.Module()
+
+    Model.model.logit_scale = torch.nn.Parameter(torch.tensor(math.log(9.5)))
+    import helpers.detectors.mcm as mcm_module
+
+    text = unit(np.random.default_rng(0).normal(size=(3, 4)))
+    monkeypatch.setattr(mcm_module, "text_features", lambda *a, **k: text)
+    d = detectors.get("mcm", T="model").fit(Model(), ["a", "b", "c"])
+    assert d.T == pytest.approx(1 / 9.5) and json.loads(d.params_json())["T_value"] == pytest.approx(1 / 9.5)
+    img = unit(np.random.default_rng(1).normal(size=(5, 4)))
+    np.testing.assert_allclose(d({"image": img}), mcm(img @ text.T, d.T), rtol=1e-10)
 
 
 def _hand_local_and_global(visual, x):
@@ -134,7 +184,7 @@ def _hand_local_and_global(visual, x):
 
 
 @torch.no_grad()
-def test_glmcm_on_a_random_vit_matches_an_explicit_computation():
+def test_glmcm_on_a_random_vit_matches_an_explicit_computation(monkeypatch):
     from helpers.features import encode_images
     from helpers.models import load_model
 
@@ -153,7 +203,8 @@ def test_glmcm_on_a_random_vit_matches_an_explicit_computation():
             g = max(softmax_loop((glob[i] @ text.T).tolist(), T))
             loc_best = max(max(softmax_loop((loc[i, p] @ text.T).tolist(), T)) for p in range(loc.shape[1]))
             expected.append(g + lam * loc_best)
-        got = glmcm_from_features(feats["image"].numpy(), feats["local"].numpy(), text.numpy(), T, lam)
+        d = _fit_on(detectors.get("gl_mcm", T=T, lam=lam), text.numpy(), monkeypatch)
+        got = d({"image": feats["image"].numpy(), "local": feats["local"].numpy()})
         np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -193,8 +244,8 @@ def test_neglabel_a_negative_equal_to_an_id_class_lowers_that_class_only():
     far = eye[4:]  # negatives orthogonal to every ID class
     rng = np.random.default_rng(5)
     images = unit(np.stack([eye[0], eye[1]]) + 0.05 * rng.normal(size=(2, 8)))  # one image of class 0, one of 1
-    before = neglabel_from_features(images, id_text, far, n_groups=1)
-    after = neglabel_from_features(images, id_text, np.vstack([far, eye[0]]), n_groups=1)
+    before = neglabel(images @ id_text.T, images @ far.T, n_groups=1)
+    after = neglabel(images @ id_text.T, images @ np.vstack([far, eye[0]]).T, n_groups=1)
     assert before.min() > 0.99  # far negatives take almost no mass
     assert after[0] < 0.6 and after[0] < before[0] - 0.4  # class 0's image now splits its mass with its twin
     assert after[1] == pytest.approx(before[1], abs=1e-3)  # class 1's image is unaffected
@@ -202,7 +253,7 @@ def test_neglabel_a_negative_equal_to_an_id_class_lowers_that_class_only():
 
 def test_neglabel_rejects_too_few_negatives():
     with pytest.raises(ValueError, match="n_groups"):
-        neglabel(np.zeros((2, 3)), np.zeros((2, 7)), n_groups=10)
+        group_indices(7, n_groups=10)
 
 
 def test_mining_rule_matches_the_quantile_and_percentage_rule():
@@ -245,6 +296,28 @@ def test_mine_negative_labels_with_the_smoke_clip(smoke_model, tmp_cache):
     np.testing.assert_array_equal(again.embeddings, negs.embeddings)
     other = mine_negative_labels(smoke_model, classes, vocab, ratio=0.3, progress=False)
     assert not other.from_cache and len(other) == 6 + 3
+    # a truncated cache file (killed write, full disk) is reported and mined again, never a BadZipFile
+    for f in (tmp_cache / "neglabel").glob("*.npz"):
+        f.write_bytes(f.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="damaged"):
+        again = mine_negative_labels(smoke_model, classes, vocab, progress=False)
+    assert not again.from_cache and again.words == negs.words
+
+
+def test_neglabel_detector_equals_its_formula_on_the_mined_labels(smoke_model, tmp_cache):
+    """The registered detector (fit = mining with a word list) scores exactly the formula on its negatives."""
+    words = ["lamp", "violin", "tundra", "glacier", "umbrella", "pencil", "carpet", "volcano", "mushroom", "teapot",
+             "harbor", "wrench", "lantern", "cactus", "saddle", "anchor", "tulip", "kettle", "ladder", "compass"]
+    d = detectors.get("neglabel", words="list", word_list=words, n_groups=1, ratio=0.5).fit(
+        smoke_model, ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"])
+    img = unit(np.random.default_rng(0).normal(size=(6, d.negatives.embeddings.shape[1])))
+    pos, neg = img @ d.negatives.id_embeddings.T, img @ d.negatives.embeddings.T
+    expected = [math.exp(p.max() / 0.01) * sum(math.exp((q - p.max()) / 0.01) for q in p)
+                / (math.exp(p.max() / 0.01) * (sum(math.exp((q - p.max()) / 0.01) for q in p)
+                                                + sum(math.exp((q - p.max()) / 0.01) for q in n)))
+                for p, n in zip(pos, neg)]
+    np.testing.assert_allclose(d({"image": img}), expected, rtol=1e-8)
+    assert len(d.negatives) == 10 and json.loads(d.params_json())["negatives"] == 10
 
 
 # ------------------------------------------------------------------------------------------- words
@@ -322,20 +395,26 @@ def test_notebook_02_runs_in_the_smoke_profile(require_data, tmp_path):
     assert main(["--profile", "smoke", "--only", "02", "--out", str(tmp_path)]) == 0
     res, fig = tmp_path / "results" / "02_zero_shot", tmp_path / "figures" / "02_zero_shot"
     scores = pd.read_csv(res / "scores.csv")
-    assert set(scores["ood"]) == {"dtd10", "mnist", "fashion-mnist", "tiny-imagenet-near", "average"}
-    expected = {"MCM (T=1)", "MSP (T=0.01)", "max-logit", "energy", "entropy", "L-MCM", "GL-MCM (λ=0.5)",
-                "GL-MCM (λ=1)", "NegLabel"}
-    assert set(scores["score"]) == expected and len(scores) == len(expected) * 5
-    per_set = scores[scores["ood"] != "average"]
-    assert per_set[["auroc", "fpr95", "aupr_in", "aupr_out"]].apply(lambda c: c.between(0, 100)).all().all()
-    assert (per_set["auroc_lo"] <= per_set["auroc"]).all() and (per_set["auroc"] <= per_set["auroc_hi"]).all()
+    main_rows = scores[scores["step"] == "main"]
+    assert set(main_rows["ood_set"]) == {"dtd10", "mnist", "fashion-mnist", "tiny-imagenet-near"}
+    expected = {"MCM (T=1)", "MCM (T=0.01)", "max-logit (T=0.01)", "energy (T=1)", "energy (T=0.01)", "entropy (T=1)",
+                "entropy (T=0.01)", "L-MCM (T=1)", "GL-MCM (T=1, λ=0.5)", "GL-MCM (T=1, λ=1)", "NegLabel (T=0.01)"}
+    assert set(main_rows["detector_label"]) == expected and len(main_rows) == len(expected) * 4
+    assert set(scores["fpr_positive"]) == {"id", "ood"} and set(main_rows["fpr_positive"]) == {"id"}
+    assert main_rows[["auroc", "fpr95", "aupr_in", "aupr_out"]].apply(lambda c: c.between(0, 100)).all().all()
+    assert (main_rows["auroc_lo"] <= main_rows["auroc"] + 1e-9).all()
+    assert (main_rows["auroc"] <= main_rows["auroc_hi"] + 1e-9).all()
     sens = pd.read_csv(res / "protocol_sensitivity.csv")
     assert sens["factor"].iloc[0].startswith("baseline") and {"temperature", "interpolation", "FPR95 positive class",
-                                                              "prompt set"} <= set(sens["factor"])
+                                                              "prompt set", "energy: temperature"} <= set(sens["factor"])
     fpr_row = sens[sens["factor"] == "FPR95 positive class"].iloc[0]
     assert fpr_row["avg AUROC"] == pytest.approx(sens["avg AUROC"].iloc[0])  # AUROC does not depend on it
+    energy_t = sens[sens["factor"] == "energy: temperature"].iloc[0]  # measured against energy's own T = 1 row
+    energy_1 = sens[sens["factor"] == "energy as in MCM's code"].iloc[0]
+    assert energy_t["Δ avg AUROC"] == pytest.approx(energy_t["avg AUROC"] - energy_1["avg AUROC"], abs=0.02)
     headline = pd.read_csv(res / "headline.csv")
-    assert list(headline["score"]) == ["MCM (T=1)", "GL-MCM (λ=0.5)", "GL-MCM (λ=1)", "NegLabel"]
+    assert list(headline["detector_label"]) == ["MCM (T=1)", "GL-MCM (T=1, λ=0.5)", "GL-MCM (T=1, λ=1)",
+                                                "NegLabel (T=0.01)"]
     mining = pd.read_csv(res / "neglabel_mining.csv")
     cap = NOTEBOOKS["smoke"]["02"]["neglabel_max_words"]
     assert (mining["candidates"] <= cap).all() and (mining["selected"] == (mining["candidates"] * 0.15).astype(int)).all()

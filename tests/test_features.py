@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -9,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import helpers.features as hf
 from helpers.data import get_dataset
 from helpers.errors import NonFiniteError
 from helpers.features import cache_key, cache_path, extract_features, text_features
@@ -21,6 +23,34 @@ KINDS = ("image", "preproj", "local")
 @pytest.fixture(scope="module")
 def small_ds(require_data):
     return get_dataset("cifar10-test", max_per_class=5)
+
+
+def count_extracted(monkeypatch) -> list[int]:
+    """Record the number of images of each chunk the extraction computes. (``_extract_chunk`` is wrapped, not
+    ``encode_images``: the extraction code is part of the cache key, so replacing it would change the key.)"""
+    real, counts = hf._extract_chunk, []
+
+    def extract_chunk(*args, **kwargs):
+        arrays = real(*args, **kwargs)
+        counts.append(len(arrays["index"]))
+        return arrays
+
+    monkeypatch.setattr(hf, "_extract_chunk", extract_chunk)
+    return counts
+
+
+def interrupt_after(monkeypatch, n_chunks: int) -> list[str]:
+    """Make the extraction stop (as by Ctrl-C) when it is about to write its chunk number ``n_chunks + 1``."""
+    real, written = hf._save_part, []
+
+    def save(path, arrays):
+        if len(written) >= n_chunks:
+            raise KeyboardInterrupt(f"simulated interruption after {n_chunks} chunks")
+        real(path, arrays)
+        written.append(path.name)
+
+    monkeypatch.setattr(hf, "_save_part", save)
+    return written
 
 
 def by_hand(model, x):
@@ -76,7 +106,7 @@ def test_second_call_is_a_cache_hit(smoke_model, small_ds, tmp_cache):
 def test_cache_key_changes_with_model_transform_and_files(smoke_model, small_ds, require_data):
     base = cache_key(smoke_model, small_ds, ("image",), "fp32")
     other_model = load_model("pocket-vit-xs", "random", seed=1)
-    bilinear = load_model("pocket:smoke", interpolation="bilinear")
+    bilinear = load_model("pocket:tiny-100", interpolation="bilinear")
     fewer = get_dataset("cifar10-test", max_per_class=4)
     assert bilinear.model_id == smoke_model.model_id  # same weights...
     for key in (cache_key(other_model, small_ds, ("image",), "fp32"),  # ...different weights
@@ -92,19 +122,15 @@ def test_resume_after_interruption(smoke_model, small_ds, tmp_cache, monkeypatch
     full = extract_features(smoke_model, small_ds, kinds=KINDS, chunk_size=16, batch_size=8, num_workers=0,
                             progress=False, use_cache=False)
     folder = cache_path(cache_key(smoke_model, small_ds.with_transform(smoke_model.preprocess), KINDS, "fp32"))
-    import shutil
-
     shutil.rmtree(folder)
-    with pytest.raises(KeyboardInterrupt):
-        extract_features(smoke_model, small_ds, kinds=KINDS, chunk_size=16, batch_size=8, num_workers=0,
-                         progress=False, _stop_after_chunks=2)
-    assert sorted(p.name for p in (folder / "parts").iterdir()) == ["chunk-000000.npz", "chunk-000001.npz"]
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            extract_features(smoke_model, small_ds, kinds=KINDS, chunk_size=16, batch_size=8, num_workers=0,
+                             progress=False)
+    assert sorted(p.name for p in (folder / "parts").iterdir()) == ["chunk16-000000.npz", "chunk16-000001.npz"]
     assert not (folder / "meta.json").exists()  # an interrupted cache is never mistaken for a complete one
-    calls = []
-    import helpers.features as hf
-
-    real = hf.encode_images
-    monkeypatch.setattr(hf, "encode_images", lambda v, x, k: calls.append(len(x)) or real(v, x, k))
+    calls = count_extracted(monkeypatch)
     resumed = extract_features(smoke_model, small_ds, kinds=KINDS, chunk_size=16, batch_size=8, num_workers=0,
                                progress=False)
     assert sum(calls) == len(small_ds) - 32  # only the chunks that were missing
@@ -142,8 +168,6 @@ def test_nan_features_raise_and_write_nothing(small_ds, tmp_cache):
 
 
 def test_corrupt_image_is_skipped_and_recorded(smoke_model, tmp_path, tmp_cache):
-    import shutil
-
     src = get_dataset("cifar10-test", max_per_class=2)
     root = tmp_path / "imgs"
     for s in src.samples:
@@ -176,7 +200,7 @@ def test_torchrun_shards_merge_to_single_process_result(smoke_model, tmp_path, r
 
     env = {**os.environ, "CLIPOOD_CACHE": str(tmp_path / "dist"), "CLIPOOD_DIST_BACKEND": "gloo",
            "OMP_NUM_THREADS": "1"}
-    common = ["--model", "pocket:smoke", "--dataset", "cifar10-test", "--max-per-class", "9", "--kinds", "image",
+    common = ["--model", "pocket:tiny-100", "--dataset", "cifar10-test", "--max-per-class", "9", "--kinds", "image",
               "preproj", "local", "--chunk-size", "16", "--batch-size", "8", "--workers", "0", "--device", "cpu"]
     # the pocket checkpoint lives in the shared cache: point both runs at it through a symlink
     (tmp_path / "dist").mkdir()

@@ -15,24 +15,20 @@ from helpers.finetune import (
     PromptLearner,
     ZeroShotHead,
     coop_lr,
+    coop_model,
     encode_token_embeddings,
-    eval_indices,
-    eval_subset,
     finetune_image_tower,
     kshot_indices,
     locoop_entropy,
-    mean_std,
-    mean_std_table,
     mix_batch,
-    ood_rows,
     per_shots,
     shots_label,
     split_union,
-    subset_features,
     train_coop,
     weight_change,
+    weight_change_by_block,
 )
-from helpers.metrics import ood_metrics
+from helpers.tables import mean_std_table, seed_summary
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -70,18 +66,10 @@ def test_split_union_positions_index_the_union():
         assert np.array_equal(need[pos[k]], idx)
 
 
-def test_eval_indices_cap_and_seed():
-    assert np.array_equal(eval_indices(10, None), np.arange(10))
-    assert np.array_equal(eval_indices(10, 50), np.arange(10))
-    a = eval_indices(100, 20, seed=3)
-    assert len(a) == 20 == len(set(a.tolist())) and np.all(np.diff(a) > 0)
-    assert np.array_equal(a, eval_indices(100, 20, seed=3))
-
-
-def test_mean_std_over_seeds_by_hand():
+def test_seed_summary_over_seeds_by_hand():
     df = pd.DataFrame({"method": ["a"] * 3 + ["b"], "seed": [1, 2, 3, 1], "auroc": [70.0, 80.0, 90.0, 55.0],
                        "fpr95": [1.0, 2.0, 4.0, 9.0], "id_acc": [10.0, 10.0, 10.0, np.nan]})
-    out = mean_std(df, ["method"]).set_index("method")
+    out = seed_summary(df, ["method"]).set_index("method")
     assert out.loc["a", "auroc_mean"] == 80.0
     assert out.loc["a", "auroc_std"] == pytest.approx(10.0)  # sample std of 70, 80, 90
     assert out.loc["a", "fpr95_std"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
@@ -90,24 +78,15 @@ def test_mean_std_over_seeds_by_hand():
 
 
 def test_mean_std_table_formats_each_group_once():
-    df = pd.DataFrame({"method": ["b", "b", "a", "a"] * 2, "seed": [1, 2] * 4, "ood": ["x"] * 4 + ["y"] * 4,
-                       "auroc": [1.0, 2, 3, 4, 5, 6, 7, 8], "fpr95": [1.0] * 8, "id_acc": [0.0, 1, 2, 3] * 2})
-    table = mean_std_table(mean_std(df, ["method", "ood"]), ["method"])
+    df = pd.DataFrame({"method": ["b", "b", "a", "a"] * 2 + ["z"], "seed": [1, 2] * 4 + [0],
+                       "ood_set": ["x"] * 4 + ["y"] * 4 + ["x"], "auroc": [1.0, 2, 3, 4, 5, 6, 7, 8, 9],
+                       "fpr95": [1.0] * 9, "id_acc": [0.0, 1, 2, 3] * 2 + [5.0]})
+    table = mean_std_table(seed_summary(df, ["method", "ood_set"]), ["method"])
     assert list(table.columns) == ["method", "id_acc", "x auroc", "x fpr95", "y auroc", "y fpr95"]
-    assert table.method.tolist() == ["b", "a"]  # order of appearance, not alphabetical
+    assert table.method.tolist() == ["b", "a", "z"]  # order of appearance, not alphabetical
     assert table.loc[0, "x auroc"] == "1.5 ± 0.7" and table.loc[1, "y auroc"] == "7.5 ± 0.7"
     assert table.loc[1, "id_acc"] == "2.5 ± 0.7"
-
-
-def test_ood_rows_use_the_package_metrics():
-    rng = np.random.default_rng(0)
-    s_id, s_ood = rng.normal(1, 1, 200), rng.normal(0, 1, 150)
-    logits, labels = rng.normal(size=(200, 3)), rng.integers(0, 3, 200)
-    (row,) = ood_rows(s_id, {"x": s_ood}, id_logits=logits, id_labels=labels, method="m", seed=1)
-    ref = ood_metrics(s_id, s_ood)
-    assert row["method"] == "m" and row["ood"] == "x" and row["seed"] == 1
-    assert row["auroc"] == pytest.approx(100 * ref["auroc"]) and row["fpr95"] == pytest.approx(100 * ref["fpr95"])
-    assert row["id_acc"] == pytest.approx(100 * np.mean(logits.argmax(1) == labels))
+    assert table.loc[2, "x auroc"] == "9.0" and table.loc[2, "id_acc"] == "5.0"  # one run: no "± 0.0"
 
 
 # ------------------------------------------------------------------------------------------------------ CoOp
@@ -228,16 +207,21 @@ def test_head_initialised_from_text_embeddings():
 
 def test_finetune_before_any_step_is_clip_zero_shot(smoke_model, train_feats, tmp_cache):
     ds, f = train_feats
+    from helpers import detectors
     from helpers.features import text_features
 
     text = text_features(smoke_model, NAMES, ["a photo of a {}."])
     ft = finetune_image_tower(smoke_model, ds, text, epochs=0)
     scale = min(float(smoke_model.model.logit_scale.detach().exp()), 100.0)
-    assert np.allclose(ft.head_weight, scale * text, atol=1e-6) and not ft.head_bias.any()
+    weight, bias = ft.loaded.head
+    assert np.allclose(weight, scale * text, atol=1e-6) and not bias.any()
     ft_feats = extract_features(ft.loaded, ds, kinds=("image",), batch_size=64, num_workers=0, progress=False)
-    assert ft.loaded.model_id != smoke_model.model_id
+    assert ft.loaded.model_id.startswith(smoke_model.model_id + "+ft:") and ft.loaded.parent == smoke_model.model_id
     assert np.allclose(ft_feats.image, f.image, atol=1e-5)
-    assert np.allclose(ft.head_logits(ft_feats.image), scale * f.image @ text.T, atol=1e-4)
+    head = detectors.get("head", score="energy").fit(ft.loaded, NAMES)
+    z = scale * f.image.astype(np.float64) @ text.T
+    assert np.allclose(head.predict_logits(ft_feats), z, atol=1e-4)
+    assert np.allclose(head(ft_feats), np.log(np.exp(z).sum(1)), atol=1e-4)
 
 
 def test_finetune_is_deterministic_and_leaves_the_base_model_alone(smoke_model, train_feats, tmp_cache):
@@ -246,13 +230,18 @@ def test_finetune_is_deterministic_and_leaves_the_base_model_alone(smoke_model, 
     before = {k: v.clone() for k, v in smoke_model.model.state_dict().items()}
     kw = dict(epochs=2, batch_size=16, lr=1e-3, augment=True)
     a = finetune_image_tower(smoke_model, ds, text, seed=1, **kw)
-    b = finetune_image_tower(smoke_model, ds, text, seed=1, **kw)
+    b = finetune_image_tower(smoke_model, ds, text, seed=1, use_cache=False, **kw)  # trained again, not read
     c = finetune_image_tower(smoke_model, ds, text, seed=2, **kw)
+    cached = finetune_image_tower(smoke_model, ds, text, seed=1, **kw)
+    assert not a.from_cache and not b.from_cache and cached.from_cache
     assert all(torch.equal(before[k], v) for k, v in smoke_model.model.state_dict().items())
     assert smoke_model.model.visual is not a.loaded.model.visual
-    assert a.loaded.model.transformer is smoke_model.model.transformer  # the text tower is shared, not trained
-    assert a.loaded.checkpoint_sha256 == b.loaded.checkpoint_sha256 != c.loaded.checkpoint_sha256
-    assert np.array_equal(a.head_weight, b.head_weight)
+    # the text tower is shared with the base model, not copied or trained
+    assert a.loaded.model.token_embedding.weight is smoke_model.model.token_embedding.weight
+    assert a.loaded.text_id == smoke_model.text_id and a.loaded.image_id == a.loaded.model_id
+    assert a.loaded.model_id == b.loaded.model_id == cached.loaded.model_id != c.loaded.model_id
+    assert np.array_equal(a.loaded.head[0], b.loaded.head[0])
+    by_block = weight_change_by_block(smoke_model.model.visual, a.loaded.model.visual).set_index("group")
     drift = weight_change(smoke_model.model.visual, a.loaded.model.visual)
     assert (drift.relative_change > 0).all() and "transformer.resblocks.0" in set(drift.group)
     groups = list(dict.fromkeys(drift.group))
@@ -262,6 +251,9 @@ def test_finetune_is_deterministic_and_leaves_the_base_model_alone(smoke_model, 
     rel = float(drift.set_index("parameter").loc[p, "relative_change"])
     assert rel == pytest.approx(float(np.linalg.norm((w1 - w0).detach().numpy()) / np.linalg.norm(w0.detach().numpy())),
                                 rel=1e-5)
+    block = drift[drift.group == "transformer.resblocks.0"]  # size-weighted root mean square of the block
+    expected = math.sqrt((block.numel * block.relative_change ** 2).sum() / block.numel.sum())
+    assert by_block.loc["transformer.resblocks.0", "relative change"] == pytest.approx(expected)
     # the fine-tuned features go through the one extraction path and equal a direct forward pass
     feats = extract_features(a.loaded, ds, kinds=("image",), batch_size=64, num_workers=0, progress=False)
     x = torch.stack([smoke_model.preprocess(ds.load_rgb(i)) for i in range(5)])
@@ -292,16 +284,32 @@ def test_smoothed_targets_match_torch_cross_entropy():
     assert torch.allclose(t.sum(1), torch.ones(6))
 
 
-def test_subset_features_keeps_rows_aligned(train_feats):
-    ds, f = train_feats
-    sub_f, sub_ds = eval_subset(f, ds, 7, seed=0)
-    assert len(sub_f) == len(sub_ds) == 7 and sub_f.paths == sub_ds.paths
-    with pytest.raises(ValueError, match="do not align"):
-        eval_subset(f, ds.subset(range(5)), 3)
-    s = subset_features(f, [3, 0, 7])
+def test_features_subset_keeps_rows_aligned(train_feats):
+    _, f = train_feats
+    s = f.subset([3, 0, 7])
     assert np.array_equal(s.labels, f.labels[[3, 0, 7]]) and s.paths == [f.paths[i] for i in (3, 0, 7)]
     assert np.array_equal(s.image, f.image[[3, 0, 7]]) and np.array_equal(s.local, f.local[[3, 0, 7]])
     assert s.preproj is None
+
+
+def test_coop_model_is_a_derived_model_with_learned_prompts(smoke_model, train_feats, tmp_cache):
+    """CoOp's result scores through the ordinary MCM detector: the derived model answers text_features with the
+    learned prompts for its class names, reuses the parent's image features, and is cached."""
+    from helpers import detectors
+    from helpers.features import text_features
+
+    _, f = train_feats
+    model, prompts = coop_model(smoke_model, f, NAMES, epochs=2, batch_size=8, seed=1)
+    assert model.image_id == smoke_model.image_id and model.text_id != smoke_model.text_id
+    assert np.array_equal(text_features(model, NAMES, ["whatever {}"]), prompts.text)
+    assert not np.array_equal(text_features(model, NAMES[:3], ["a photo of a {}"]), prompts.text[:3])  # other names
+    direct = train_coop(smoke_model, f.image, f.labels, NAMES, epochs=2, batch_size=8, seed=1)
+    np.testing.assert_allclose(prompts.text, direct.text, atol=1e-6)
+    mcm = detectors.get("mcm").fit(model, NAMES)
+    cos = f.image.astype(np.float64) @ prompts.text.astype(np.float64).T
+    np.testing.assert_allclose(mcm(f), np.exp(cos).max(1) / np.exp(cos).sum(1), rtol=1e-6)
+    again, _ = coop_model(smoke_model, f, NAMES, epochs=2, batch_size=8, seed=1)
+    assert again.model_id == model.model_id
 
 
 # ------------------------------------------------------------------------------------------------- notebook
@@ -312,6 +320,16 @@ def test_notebook_04_runs_in_the_smoke_profile(require_data, tmp_path):
     assert main(["--profile", "smoke", "--only", "04", "--out", str(tmp_path)]) == 0
     manifest = json.loads((tmp_path / "results" / "manifest.json").read_text())
     assert manifest["notebooks"]["04_finetune"]["status"] == "ok"
-    summary = pd.read_csv(tmp_path / "results" / "04_finetune" / "summary.csv")
-    assert {"zero-shot", "linear probe", "PLP", "fine-tune", "CoOp"} <= set(summary.method)
+    res = tmp_path / "results" / "04_finetune"
+    summary = pd.read_csv(res / "summary.csv")
+    assert {"zero-shot", "linear probe", "PLP", "fine-tune", "CoOp", "LoCoOp"} <= set(summary.method)
+    scores = pd.read_csv(res / "scores.csv", dtype={"shots": str})
+    runs = scores.drop_duplicates(["method", "shots", "seed"])
+    assert len(runs) == 1 + 5 * 3 * 2  # zero-shot + 5 methods x {1, 16, full} x 2 seeds (smoke)
+    ft = scores[scores.method == "fine-tune"]
+    assert ft.model_id.str.contains(r"\+ft:").all() and ft.model_id.nunique() == 6  # one derived model per run
+    claims = pd.read_csv(res / "claims.csv")
+    assert set(claims.verdict) <= {"holds", "reversed", "within noise"} and len(claims) == 4 * 3
+    assert (claims.verdict.eq("holds") == (claims["CI low"] > 0)).all()
+    assert (claims.verdict.eq("reversed") == (claims["CI high"] < 0)).all()
     assert list((tmp_path / "figures" / "04_finetune").glob("*.png"))

@@ -43,7 +43,12 @@ def test_paper_branch_of_notebook_02_on_the_imagenet_sample(require_data, tmp_pa
     assert paper["compare_published"] and paper["neglabel_max_words"] is None and "ninco" in paper["ood_datasets"]
     params = {**paper, "model": "ViT-B-16/random", "image_size": 32, "context_length": 8, "device": "cpu",
               "amp": False, "id_dataset": "imagenet-sample", "ood_datasets": ood, "batch_size": 100, "workers": 0,
-              "n_boot": 10, "word_source": "list", "word_list": str(words), "neglabel_groups": 10,
+              "n_boot": 10, "word_source": "list", "word_list": str(words),
+              "detectors": [{"name": "mcm", "T": 1.0}, {"name": "mcm", "T": 0.01}, {"name": "max_logit", "T": 0.01},
+                            {"name": "energy", "T": 1.0}, {"name": "energy", "T": 0.01}, {"name": "entropy", "T": 1.0},
+                            {"name": "entropy", "T": 0.01}, {"name": "l_mcm", "T": 1.0},
+                            {"name": "gl_mcm", "lam": 0.5}, {"name": "gl_mcm", "lam": 1.0},
+                            {"name": "neglabel", "T": 0.01, "n_groups": 10}],
               "sensitivity_prompt_sets": ["single"], "temperatures": [0.01, 1.0],
               "results_dir": str(tmp_path / "results"), "figures_dir": str(tmp_path / "figures")}
     out = tmp_path / "02_paper.ipynb"
@@ -55,17 +60,19 @@ def test_paper_branch_of_notebook_02_on_the_imagenet_sample(require_data, tmp_pa
         assert "optional OOD sets not prepared, left out: ['ninco']" in executed
     assert "ViT-B-16/random-seed0-img32-ctx8" in executed
     scores = pd.read_csv(tmp_path / "results" / "scores.csv")
-    assert set(scores["ood"]) == {"inaturalist", "textures", "average"}
-    assert scores["id_acc"].between(0, 100).all()
+    assert set(scores["ood_set"]) == {"inaturalist", "textures"}
+    assert set(scores["id_set"]) == {"imagenet-sample"} and (scores["n_id"] == 1000).all()
+    assert scores["id_acc"].dropna().between(0, 100).all()
     comparison = pd.read_csv(tmp_path / "results" / "published_comparison.csv")
     assert set(comparison["method"]) == {"MCM", "GL-MCM (λ=1)", "NegLabel"}  # the ViT-B-16 rows only
-    mcm_paper = comparison[(comparison["method"] == "MCM") & comparison["published source"].str.startswith("MCM paper")]
+    mcm_paper = comparison[(comparison["method"] == "MCM") & comparison["source"].str.startswith("MCM paper")]
     row = mcm_paper.set_index("ood").loc["inaturalist"]
-    assert (row["FPR95 published"], row["AUROC published"]) == (30.91, 94.61)
-    ours = scores.set_index(["score", "ood"])
-    assert row["AUROC ours"] == pytest.approx(ours.loc[("MCM (T=1)", "inaturalist"), "auroc"], abs=0.01)
+    assert (row["fpr95 published"], row["auroc published"]) == (30.91, 94.61)
+    ours = scores[scores["step"] == "main"].set_index(["detector_label", "ood_set"])
+    assert row["auroc ours"] == pytest.approx(ours.loc[("MCM (T=1)", "inaturalist"), "auroc"], abs=0.01)
     nl = comparison[(comparison["method"] == "NegLabel")].set_index("ood")
-    assert nl.loc["textures", "AUROC ours"] == pytest.approx(ours.loc[("NegLabel", "textures"), "auroc"], abs=0.01)
+    assert nl.loc["textures", "auroc ours"] == pytest.approx(ours.loc[("NegLabel (T=0.01)", "textures"), "auroc"],
+                                                             abs=0.01)
     # SUN and Places were not evaluated: no number of ours, and no average over the four MOS sets
-    assert comparison[comparison["ood"].isin(["sun", "places", "average"])]["AUROC ours"].isna().all()
+    assert comparison[comparison["ood"].isin(["sun", "places", "average"])]["auroc ours"].isna().all()
     assert (tmp_path / "figures" / "protocol_sensitivity.png").is_file()

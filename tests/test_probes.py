@@ -1,5 +1,6 @@
-"""Linear probes and PLP: determinism, train-only standardisation, pseudo-labels, the schedule, the detector
-suite, the model families and the familiar-OOD split, and notebook 03 in the smoke profile."""
+"""Linear probes and PLP: determinism, train-only standardisation, pseudo-labels, the schedule, the probe
+detectors and their cache, the model families and the familiar-OOD split and verdict, and notebook 03 in the
+smoke profile."""
 
 import json
 
@@ -7,15 +8,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from helpers.probes import (
-    LinearProbe,
-    detector_table,
-    fit_detectors,
-    lr_schedule,
-    pseudo_labels,
-    standardization,
-    train_linear_probe,
-)
+from helpers.probes import LinearProbe, lr_schedule, pseudo_labels, standardization, train_linear_probe
 
 
 def _blobs(n=400, d=8, c=4, seed=0, scale=1.0, shift=0.0):
@@ -148,33 +141,59 @@ def test_pseudo_labels_are_argmax_of_the_ensemble_cosines(smoke_model, tmp_cache
 
 
 # -------------------------------------------------------------------------------------- the line-up
-def test_fit_detectors_scores_match_the_building_blocks(smoke_model, tmp_cache):
-    from helpers.data import get_dataset
-    from helpers.features import extract_features, text_features
+def test_evaluated_detectors_match_the_building_blocks(smoke_model, tmp_cache):
+    """Notebook 03's line-up through evaluate(): every score equals the building blocks computed by hand, and a
+    second fit reads the trained probes from the cache."""
+    from helpers.benchmark import load_benchmark
+    from helpers.detectors import fit_mahalanobis
+    from helpers.evaluation import evaluate
+    from helpers.features import text_features
     from helpers.prompts import get_prompts
-    from helpers.scores import fit_mahalanobis, knn_score, mahalanobis_score, mcm
 
-    kw = dict(kinds=("image", "preproj"), num_workers=0, progress=False)
-    train = extract_features(smoke_model, get_dataset("cifar10-probe", max_per_class=8), **kw)
-    test = extract_features(smoke_model, get_dataset("cifar10-test", max_per_class=4), **kw)
-    ood = extract_features(smoke_model, get_dataset("mnist", max_per_class=4), **kw)
-    suite = fit_detectors(smoke_model, train, epochs=3, batch_size=32)
-    s = suite.scores(test)
+    bench = load_benchmark(smoke_model, "cifar10-test", ["mnist"], train_dataset="cifar10-probe", max_per_class=4,
+                           ood_max_per_class=4, train_max_per_class=8, workers=0, progress=False)
+    train, test = bench.train, bench.id
+    probe = dict(epochs=3, batch_size=32)
+    specs = [{"name": "mcm"}, {"name": "plp", **probe}, {"name": "linear_probe", "score": "energy", **probe},
+             {"name": "knn", "feature": "image", "standardize": False}, {"name": "relative_mahalanobis"}]
+    ev = evaluate(specs, bench, n_boot=10)
+    s = {k: v["cifar10-test"] for k, v in ev.scores.items()}
     text5 = text_features(smoke_model, train.class_names, get_prompts("plp5"))
     y_pseudo = (train.image @ text5.T).argmax(1)
-    np.testing.assert_array_equal(suite.pseudo, y_pseudo)
-    assert suite.info["pseudo_label_accuracy"] == pytest.approx(100 * (y_pseudo == train.labels).mean())
+    plp_det = ev.detectors["PLP · MSP (epochs=3, batch_size=32)"]
+    np.testing.assert_array_equal(plp_det.train_labels, y_pseudo)
+    assert plp_det.info["label_accuracy"] == pytest.approx(100 * (y_pseudo == train.labels).mean())
     plp = train_linear_probe(train.preproj, y_pseudo, num_classes=10, epochs=3, batch_size=32)
-    z = plp.logits(test.preproj)
-    np.testing.assert_allclose(s["PLP · MSP"], np.exp(z).max(1) / np.exp(z).sum(1), rtol=1e-5)
-    single = text_features(smoke_model, train.class_names, get_prompts("single"))
-    np.testing.assert_allclose(s["MCM"], mcm(test.image @ single.T, T=1.0), rtol=1e-6)
-    np.testing.assert_allclose(s["kNN"], knn_score(test.image, train.image, 1), rtol=1e-6)
+    z = plp.logits(test.preproj).astype(np.float64)
+    np.testing.assert_allclose(s["PLP · MSP (epochs=3, batch_size=32)"], np.exp(z).max(1) / np.exp(z).sum(1),
+                               rtol=1e-5)
+    lp = train_linear_probe(train.preproj, train.labels, num_classes=10, epochs=3, batch_size=32)
+    z = lp.logits(test.preproj).astype(np.float64)
+    np.testing.assert_allclose(s["linear probe · energy (epochs=3, batch_size=32)"], np.log(np.exp(z).sum(1)),
+                               rtol=1e-5)
+    single = text_features(smoke_model, train.class_names, get_prompts("single")).astype(np.float64)
+    cos = test.image.astype(np.float64) @ single.T
+    np.testing.assert_allclose(s["MCM (T=1)"], np.exp(cos).max(1) / np.exp(cos).sum(1), rtol=1e-9)
+    bank = train.image / np.linalg.norm(train.image, axis=1, keepdims=True)
+    np.testing.assert_allclose(s["kNN (k=1, feature=image, standardize=False)"],
+                               (test.image / np.linalg.norm(test.image, axis=1, keepdims=True) @ bank.T).max(1),
+                               rtol=1e-6)
     fit = fit_mahalanobis(train.preproj, train.labels)
-    np.testing.assert_allclose(s["Rel. Mahalanobis"], mahalanobis_score(test.preproj, fit, relative=True))
-    table = detector_table(suite, test, {"mnist": ood}, n_boot=10)
-    assert len(table) == len(s) and set(table["method"]) == set(s)
-    assert ((table["auroc_lo"] <= table["auroc"] + 1e-9) & (table["auroc"] <= table["auroc_hi"] + 1e-9)).all()
+    f = test.preproj.astype(np.float64)
+    d = np.stack([(((f - m) @ fit.whiten) ** 2).sum(1) for m in fit.means], 1)
+    d0 = (((f - fit.background_mean) @ fit.background_whiten) ** 2).sum(1)
+    np.testing.assert_allclose(s["relative Mahalanobis"], -(d - d0[:, None]).min(1), rtol=1e-7)
+    # the table: one row per detector and OOD set, ID accuracy of the classifiers only
+    assert len(ev.table) == len(specs) and set(ev.table["ood_set"]) == {"mnist"}
+    acc = ev.table.set_index("detector_label")["id_acc"]
+    assert acc["PLP · MSP (epochs=3, batch_size=32)"] == pytest.approx(100 * (plp.predict(test.preproj) ==
+                                                                              test.labels).mean())
+    assert np.isnan(acc["kNN (k=1, feature=image, standardize=False)"])
+    # trained probes are cached: a second fit reads them, a new hyper-parameter trains a new one
+    again = evaluate(specs[1:2], bench, n_boot=0).detectors
+    assert next(iter(again.values())).info["from_cache"] and not plp_det.info["from_cache"]
+    other = evaluate([{"name": "plp", "epochs": 4, "batch_size": 32}], bench, n_boot=0).detectors
+    assert not next(iter(other.values())).info["from_cache"]
 
 
 # ----------------------------------------------------------------------------- families, familiar OOD
@@ -200,13 +219,15 @@ def test_families_are_defined():
 
     known = set(open_clip.list_pretrained())
     assert all(tuple(s.split("/", 1)) in known for s in OPEN_CLIP_FAMILY)
-    for name in ("smoke", "teaching"):
+    for name in ("pockets", "pockets-100"):
         members = get_family(name)
         assert len(members) >= 5, name
         assert all(m.pocket is not None and m.pocket == PROFILES[m.pocket.name] for m in members)
-    mixed = get_family(["ViT-B-16/openai", "pocket:smoke-family"])
-    assert [m.name for m in mixed] == ["ViT-B-16/openai", "smoke-family @25%", "smoke-family @50%",
-                                       "smoke-family @75%", "smoke-family"]
+    assert len(get_family("open_clip")) == len(OPEN_CLIP_FAMILY)
+    mixed = get_family(["ViT-B-16/openai", "pocket:tiny-100-snapshots"])
+    assert [m.name for m in mixed] == ["ViT-B-16/openai", "pocket:tiny-100-snapshots @25%",
+                                       "pocket:tiny-100-snapshots @50%", "pocket:tiny-100-snapshots @75%",
+                                       "pocket:tiny-100-snapshots"]
     assert [m.snapshot for m in mixed[1:]] == [0.25, 0.5, 0.75, None]
     with pytest.raises(KeyError, match="unknown model family"):
         get_family("nope")
@@ -218,13 +239,13 @@ def test_snapshot_members_load_their_own_checkpoints(require_data):
     from helpers.families import FamilyMember, pocket_members
     from helpers.models.pocket import PROFILES
 
-    members = pocket_members("smoke-family")
+    members = pocket_members("tiny-100-snapshots")
     early, final = members[0].load(), members[-1].load()
     assert early.model_id != final.model_id and early.info["snapshot"] == 0.25
     assert early.info["zero_shot_accuracy"] is None and final.info["zero_shot_accuracy"] is not None
     assert not torch.equal(early.model.visual.proj, final.model.visual.proj)
     with pytest.raises(KeyError, match="saved no snapshot at 0.30"):
-        FamilyMember("x", pocket=PROFILES["smoke-family"], snapshot=0.3).load()
+        FamilyMember("x", pocket=PROFILES["tiny-100-snapshots"], snapshot=0.3).load()
 
 
 def test_familiar_split_keeps_pretraining_images_out_of_the_test_sets(require_data, tmp_cache):
@@ -250,10 +271,42 @@ def test_familiar_split_keeps_pretraining_images_out_of_the_test_sets(require_da
     x, y, names, _ = pretraining_arrays(only_tiny, 32)
     np.testing.assert_array_equal(x, decoded_images(used, 32, progress=False))
     assert {names[i] for i in y} == {used.class_names[c] for c in set(used.labels)}  # captions name seen classes
-    cfg = familiar_config("smoke-family", split)
-    assert cfg.pretrain[-1] == split.pretrain_source() and cfg.name == "smoke-family-familiar-tiny-imagenet-near"
+    cfg = familiar_config("tiny-100-snapshots", split)
+    assert cfg.pretrain[-1] == split.pretrain_source()
+    assert cfg.name == "tiny-100-snapshots-familiar-tiny-imagenet-near"
     with pytest.raises(ValueError, match="pretrain_per_class"):
         familiar_split(6, pretrain_per_class=50)
+
+
+def _familiar_rows(aurocs: dict):
+    import pandas as pd
+
+    rows = [{"step": "familiar: x", "method": m, "detector_label": d, "ood_set": f"x-{part}", "auroc": v}
+            for (m, d, part), v in aurocs.items()]
+    return pd.DataFrame(rows)
+
+
+def test_familiar_gaps_and_verdict_hand_worked():
+    from helpers.families import familiar_gaps, familiar_verdict
+
+    au = {("control", "MCM", "seen"): 80, ("control", "MCM", "unseen"): 78,
+          ("familiar", "MCM", "seen"): 70, ("familiar", "MCM", "unseen"): 77,
+          ("control", "kNN", "seen"): 60, ("control", "kNN", "unseen"): 61,
+          ("familiar", "kNN", "seen"): 66, ("familiar", "kNN", "unseen"): 60}
+    gaps = familiar_gaps(_familiar_rows(au)).set_index("detector_label")
+    assert gaps.loc["MCM", "familiar − control on seen"] == -10 and gaps.loc["MCM", "familiar − control on unseen"] == -1
+    assert gaps.loc["MCM", "control: unseen − seen"] == -2 and gaps.loc["MCM", "familiar: unseen − seen"] == 7
+    assert gaps.loc["MCM", "gap change"] == 9 and gaps.loc["kNN", "gap change"] == -7
+    v = familiar_verdict(gaps.reset_index(), ["MCM"], ["kNN"]).iloc[0]
+    assert v["boundary-based: familiar − control (seen)"] == -10 and v["feature-space: familiar − control (seen)"] == 6
+    assert v["direction the claim predicts"] and v["difference above noise"]
+    assert v["effect"] == "class-specific"  # seen changed by 10 and 6, unseen by 1 and 1
+    # the same change on seen and unseen classes: a domain-wide effect, and a gap below 3 points is noise
+    control = {k: a for k, a in au.items() if k[0] == "control"}
+    au2 = {**control, **{("familiar", d, part): a - (5 if d == "MCM" else 4) for (_, d, part), a in control.items()}}
+    v2 = familiar_verdict(familiar_gaps(_familiar_rows(au2)), ["MCM"], ["kNN"]).iloc[0]
+    assert v2["direction the claim predicts"] and not v2["difference above noise"]
+    assert v2["effect"].startswith("domain-wide")
 
 
 # ---------------------------------------------------------------------------------------- notebook 03
@@ -265,6 +318,16 @@ def test_notebook_03_runs_in_the_smoke_profile(require_data, tmp_path):
     manifest = json.loads((tmp_path / "results" / "manifest.json").read_text())
     assert manifest["notebooks"]["03_probes"]["status"] == "ok"
     results = tmp_path / "results" / "03_probes"
-    for table in ("ood_methods", "familiar_ood", "family_correlation", "family_fit"):
+    for table in ("scores", "id_accuracy", "ood_methods_auroc", "plp_vs_mcm", "familiar_ood_gaps",
+                  "familiar_ood_verdict", "family_correlation", "family_fit"):
         assert (results / f"{table}.csv").is_file(), table
+    import pandas as pd
+
+    scores = pd.read_csv(results / "scores.csv")
+    assert {"main", "family", "familiar: tiny-imagenet-near", "familiar: fashion-mnist"} == set(scores["step"])
+    assert set(scores["fpr_method"]) == {"nearest"}
+    fam = scores[scores["step"] == "family"]
+    assert fam["model"].nunique() == 5  # pockets-100: tiny-100, and tiny-100-snapshots at 25/50/75/100%
+    fits = pd.read_csv(results / "family_fit.csv")
+    assert len(fits) == 3 and fits["r2"].between(0, 1).all()
     assert list((tmp_path / "figures" / "03_probes").glob("*.png"))

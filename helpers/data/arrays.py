@@ -18,8 +18,13 @@ def geometry(size: int) -> transforms.Compose:
 
 
 def decoded_images(ds: ImageFolderDataset, size: int, progress: bool = True) -> np.ndarray:
-    """(N, size, size, 3) uint8 array of ``ds`` resized like open_clip's transform; cached by file-list hash."""
-    path = cache_dir() / "decoded" / f"{ds.name}-{ds.fingerprint()[:16]}-{size}.npy"
+    """(N, size, size, 3) uint8 array of ``ds`` resized like open_clip's transform; cached by the file list and the
+    decoding and resizing code (:func:`helpers.cache.code_hash`)."""
+    from ..cache import code_hash
+    from .imagefolder import to_rgb
+
+    code = code_hash(geometry, to_rgb, ImageFolderDataset.load_rgb)
+    path = cache_dir() / "decoded" / f"{ds.name}-{ds.fingerprint()[:16]}-{code}-{size}.npy"
     if path.is_file():
         try:
             arr = np.load(path, mmap_mode="r")

@@ -1,31 +1,47 @@
-"""Adapting CLIP to the ID classes, each method returning something the series' score code can read.
+"""Adapting CLIP to the ID classes; each method returns a derived model (:func:`helpers.models.derive`) that
+the evaluation core scores like any other.
 
-- :mod:`helpers.finetune.fewshot` the few-shot protocol: seeded k-shot splits, evaluation subsets, mean ± std;
+- :mod:`helpers.finetune.fewshot` the few-shot protocol: seeded k-shot splits, one function per method that
+  trains and evaluates it for every (shots, seed);
 - :mod:`helpers.finetune.full`    full fine-tuning of the image tower with a head initialised from the class
-  prompts (:func:`finetune_image_tower` -> a new :class:`~helpers.models.LoadedModel` + head);
+  prompts (:func:`finetune_image_tower` -> a derived model with a new image tower and a head; cached);
 - :mod:`helpers.finetune.coop`    prompt learning, CoOp, with LoCoOp's OOD-patch entropy term
-  (:func:`train_coop` -> learned text features for MCM).
+  (:func:`coop_model` -> a derived model with learned class prompts; cached).
 
 The linear probe and PLP live in :mod:`helpers.probes` (they need no fine-tuning of CLIP itself).
 """
 
-from .coop import CoOpPrompts, PromptLearner, coop_lr, encode_token_embeddings, locoop_entropy, train_coop
+from .coop import (
+    CoOpPrompts,
+    PromptLearner,
+    coop_lr,
+    coop_model,
+    encode_token_embeddings,
+    locoop_entropy,
+    train_coop,
+)
 from .fewshot import (
-    eval_indices,
-    eval_subset,
+    coop_runs,
+    finetune_runs,
     kshot_indices,
-    mean_std,
-    mean_std_table,
-    ood_rows,
+    kshot_splits,
     per_shots,
+    probe_runs,
     shots_label,
     split_union,
-    subset_features,
 )
-from .full import FineTuned, ZeroShotHead, finetune_image_tower, mix_batch, weight_change
+from .full import (
+    FineTuned,
+    ZeroShotHead,
+    finetune_image_tower,
+    mix_batch,
+    weight_change,
+    weight_change_by_block,
+)
 
 __all__ = [
-    "CoOpPrompts", "FineTuned", "PromptLearner", "ZeroShotHead", "coop_lr", "encode_token_embeddings",
-    "eval_indices", "eval_subset", "finetune_image_tower", "kshot_indices", "locoop_entropy", "mean_std", "mean_std_table", "mix_batch",
-    "ood_rows", "per_shots", "shots_label", "split_union", "subset_features", "train_coop", "weight_change",
+    "CoOpPrompts", "FineTuned", "PromptLearner", "ZeroShotHead", "coop_lr", "coop_model", "coop_runs",
+    "encode_token_embeddings", "finetune_image_tower", "finetune_runs", "kshot_indices", "kshot_splits",
+    "locoop_entropy", "mix_batch", "per_shots", "probe_runs", "shots_label", "split_union", "train_coop",
+    "weight_change", "weight_change_by_block",
 ]

@@ -26,7 +26,8 @@ $\mathrm{softmax}(\tau \cos(\hat l_p, \hat g))$ exclude $y$ are treated as OOD p
 
 $\lambda = 0$ is CoOp. **Scoring** (Ming & Li, *How Does Fine-Tuning Impact Out-of-Distribution Detection for
 Vision-Language Models?*, IJCV 2023): MCM at $T = 1$ on $\cos(\hat x, \hat g_k)$, i.e.
-``helpers.scores.mcm(cosine_logits(image, prompts.text))``, the same code as the zero-shot notebook.
+the ``mcm`` detector of :mod:`helpers.detectors` on the derived model whose class prompts are the learned ones
+(:func:`coop_model`), the same code as the zero-shot notebook.
 
 Hyper-parameters (published default): ``n_ctx`` 16; ``ctx_init`` none, vectors drawn from
 $\mathcal N(0, 0.02^2)$ (``ctx_init="a photo of a"`` starts from those words' embeddings instead); class token at
@@ -52,7 +53,8 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from tqdm.auto import tqdm
 
-from ..models import LoadedModel
+from ..cache import cached_tensors, code_hash
+from ..models import LoadedModel, derive
 
 TEXT_TOWER = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask")
 
@@ -262,3 +264,26 @@ def train_coop(loaded: LoadedModel, image: np.ndarray, labels: np.ndarray, class
               "train_images": n}
     return CoOpPrompts(learner.ctx.detach().cpu().numpy().copy(), text.cpu().numpy(), list(class_names), config,
                        history)
+
+
+def coop_model(loaded: LoadedModel, train, class_names: list[str], *, use_cache: bool = True, **kwargs
+               ) -> tuple[LoadedModel, CoOpPrompts]:
+    """CoOp/LoCoOp (:func:`train_coop`, ``kwargs`` its hyper-parameters) on the cached training features ``train``
+    (:class:`helpers.features.Features`: ``image``, and ``local`` when ``lam > 0``), cached by the model, the
+    features, the hyper-parameters and the code. Returns the derived model whose class prompts are the learned
+    ones (:func:`helpers.models.derive` with ``class_text``; its image features are the parent's) and the prompts."""
+    from ..detectors.probe import features_id
+
+    lam = kwargs.get("lam", 0.0)
+    key = {"model": loaded.model_id, "train": features_id(train), "classes": list(class_names), **kwargs,
+           "code": code_hash(train_coop, PromptLearner, encode_token_embeddings, locoop_entropy, coop_lr)}
+
+    def build():
+        p = train_coop(loaded, train.image, train.labels, class_names, local=train.local if lam > 0 else None,
+                       **kwargs)
+        return {"ctx": p.ctx, "text": p.text}, {"config": p.config, "history": p.history}
+
+    t, info, _ = cached_tensors("coop", loaded.model_id, key, build, use_cache=use_cache)
+    prompts = CoOpPrompts(t["ctx"].numpy(), t["text"].numpy(), list(class_names), info["config"], info["history"])
+    tag = "locoop" if lam > 0 else "coop"
+    return derive(loaded, tag, class_text=(list(class_names), prompts.text), info={tag: info["config"]}), prompts

@@ -10,24 +10,23 @@ training image (PLP's linear probes and fine-tuning baselines train on the full 
   some split needs;
 - :func:`shots_label` / :func:`per_shots` name a setting and look up a per-setting parameter
   (``{"1": 50, "16": 50, "full": 5}``; string keys because papermill passes dict keys as strings);
-- :func:`subset_features` rows of cached :class:`~helpers.features.Features`;
-- :func:`eval_indices` / :func:`eval_subset` a seeded cap on the number of evaluation images per set (the
-  teaching profile evaluates fine-tuned image towers, which must re-encode every image, on a subset);
-- :func:`ood_rows` one table row per OOD set with the package's one metrics function;
-- :func:`mean_std` aggregation over seeds, :func:`mean_std_table` its readable wide form.
+- :func:`probe_runs`, :func:`finetune_runs`, :func:`coop_runs`: train one method for every (shots, seed) split
+  and evaluate it with :func:`helpers.evaluation.evaluate` on one benchmark (a seeded evaluation subset, so all
+  methods score the same images); each returns the evaluations, which :func:`helpers.tables.claims_table`
+  compares pairwise.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..data.imagefolder import ImageFolderDataset, per_class_choice
-from ..features import KINDS, Features
-from ..metrics import accuracy, ood_report
+from ..detectors import get
+from ..evaluation import Evaluation, evaluate
+from ..features import Features
 
 FULL = "full"
 
@@ -78,68 +77,66 @@ def split_union(splits: Mapping) -> tuple[np.ndarray, dict]:
     return need, {k: np.searchsorted(need, np.asarray(v, dtype=np.int64)) for k, v in splits.items()}
 
 
-def eval_indices(n: int, max_images: int | None, seed: int = 0) -> np.ndarray:
-    """Sorted indices of at most ``max_images`` of ``n`` evaluation images, chosen with ``seed`` (all if None)."""
-    if max_images is None or max_images >= n:
-        return np.arange(n)
-    if max_images < 1:
-        raise ValueError(f"max_images must be positive or None, not {max_images}")
-    return np.sort(np.random.default_rng(seed).choice(n, max_images, replace=False))
+def kshot_splits(labels: np.ndarray, shots: Sequence, seeds: Sequence[int]) -> dict[tuple[str, int], np.ndarray]:
+    """``{(shots label, seed): indices}``: every (shots, seed) pair draws its own k-shot split, as CoOp does."""
+    return {(shots_label(k), s): kshot_indices(labels, k, seed=s) for k in shots for s in seeds}
 
 
-def subset_features(feats: Features, idx: Sequence[int] | np.ndarray) -> Features:
-    """The rows ``idx`` of ``feats`` (labels, paths and every feature kind present)."""
-    idx = np.asarray(idx, dtype=np.int64)
-    arrays = {k: None if getattr(feats, k) is None else np.asarray(getattr(feats, k)[idx]) for k in KINDS}
-    return dataclasses.replace(feats, labels=feats.labels[idx], paths=[feats.paths[i] for i in idx],
-                               meta={**feats.meta, "subset": len(idx)}, **arrays)
+def _with_seed(spec, seed: int) -> dict:
+    """A detector spec whose training seed is the run's seed (detectors that have a ``seed`` parameter)."""
+    d = get(spec)
+    params = dict(d.params)
+    if "seed" in params:
+        params["seed"] = seed
+    return {"name": d.name, **params}
 
 
-def eval_subset(feats: Features, dataset: ImageFolderDataset, max_images: int | None,
-                seed: int = 0) -> tuple[Features, ImageFolderDataset]:
-    """The same seeded subset (:func:`eval_indices`) of cached features and of their dataset, rows aligned
-    (methods that change the image tower re-encode the subset's images; the others read its features)."""
-    if feats.paths != dataset.paths:
-        raise ValueError(f"features of {feats.dataset!r} do not align with dataset {dataset.name!r} "
-                         f"({len(feats)} vs {len(dataset)} images; skipped images?). Fix: extract with on_error='fail'.")
-    idx = eval_indices(len(dataset), max_images, seed)
-    return subset_features(feats, idx), dataset.subset(idx)
-
-
-def ood_rows(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray], *, id_logits: np.ndarray | None = None,
-             id_labels: np.ndarray | None = None, fpr_method: str = "nearest", **keys) -> list[dict]:
-    """One row per OOD set: ``keys`` (e.g. method, shots, seed, score), ``auroc``/``fpr95``/... in %, and the
-    ID accuracy (%) of ``id_logits`` (N, C) when given. Higher score = more ID; ID is the positive class."""
-    acc = 100 * accuracy(id_logits, id_labels) if id_logits is not None else np.nan
-    rows = []
-    for name, s in ood_scores.items():
-        m = ood_report(id_scores, s, fpr_method=fpr_method)
-        rows.append({**keys, "ood": name, "id_acc": acc, "auroc": m["auroc"], "fpr95": m["fpr95"]})
-    return rows
-
-
-def mean_std(df: pd.DataFrame, by: list[str], values: Sequence[str] = ("id_acc", "auroc", "fpr95")) -> pd.DataFrame:
-    """Mean and sample standard deviation (ddof=1; 0 for a single seed) of ``values`` over the rows of each
-    ``by`` group (the seeds). Columns ``<value>_mean``, ``<value>_std`` and ``seeds``; group order preserved."""
-    g = df.groupby(by, sort=False)
-    out = g[list(values)].agg(["mean", "std"])
-    out.columns = [f"{v}_{s}" for v, s in out.columns]
-    out = out.fillna({f"{v}_std": 0.0 for v in values})
-    out["seeds"] = g.size()
-    return out.reset_index()
-
-
-def mean_std_table(summary: pd.DataFrame, index: list[str], columns: str = "ood",
-                   values: Sequence[str] = ("auroc", "fpr95"), per_row: Sequence[str] = ("id_acc",),
-                   decimals: int = 1) -> pd.DataFrame:
-    """:func:`mean_std` output as a readable wide table of ``"mean ± std"`` text: one row per ``index`` group;
-    first the ``per_row`` values (the same for every ``columns`` entry, e.g. the ID accuracy), then one column
-    ``"<entry> <value>"`` per ``columns`` entry and value (e.g. ``"dtd10 auroc"``). Order of appearance is kept."""
-    fmt = f"{{:.{decimals}f}}".format
-    text = {v: summary[f"{v}_mean"].map(fmt) + " ± " + summary[f"{v}_std"].map(fmt) for v in [*per_row, *values]}
-    long = summary[index + [columns]].assign(**text)
-    out = long.drop_duplicates(index)[index + list(per_row)].reset_index(drop=True)
-    for entry in dict.fromkeys(summary[columns]):
-        part = long[long[columns] == entry][index + list(values)]
-        out = out.merge(part.rename(columns={v: f"{entry} {v}" for v in values}), on=index, how="left")
+def probe_runs(bench, train: Features, splits: Mapping, detectors: Mapping[str, Sequence], **evaluate_args
+               ) -> list[Evaluation]:
+    """Probe detectors trained on each split's rows of ``train`` (``splits``: (shots, seed) -> rows of ``train``).
+    ``detectors``: method name (e.g. ``"linear probe"``, ``"PLP"``) -> detector specs; their seed is the run's."""
+    out = []
+    for (k, s), rows in splits.items():
+        for method, specs in detectors.items():
+            out.append(evaluate([_with_seed(d, s) for d in specs], bench, train=train.subset(rows), method=method,
+                                shots=k, seed=s, **evaluate_args))
     return out
+
+
+def finetune_runs(bench, train_ds: ImageFolderDataset, splits: Mapping, text: np.ndarray, detectors: Sequence,
+                  finetune_args: Mapping, epochs: Mapping, extract: Mapping, **evaluate_args
+                  ) -> tuple[list[Evaluation], pd.DataFrame, pd.DataFrame]:
+    """Full fine-tuning (:func:`helpers.finetune.finetune_image_tower`) on each split of ``train_ds``
+    (``splits``: (shots, seed) -> indices into it), evaluated by ``detectors`` on ``bench`` re-encoded by the
+    fine-tuned tower. Returns the evaluations, the training logs and, per setting, the weight change by block of
+    the first seed's tower (:func:`helpers.finetune.weight_change_by_block`)."""
+    from .full import finetune_image_tower, weight_change_by_block
+
+    out, logs, drift, first = [], [], [], {}
+    kinds = tuple(dict.fromkeys(kind for d in detectors for kind in get(d).needs))  # what the detectors read
+    for (k, s), idx in splits.items():
+        ft = finetune_image_tower(bench.model, train_ds.subset(idx), text, epochs=per_shots(epochs, k, "ft_epochs"),
+                                  seed=s, **finetune_args)
+        out.append(evaluate(detectors, bench.with_model(ft.loaded, kinds=kinds, **extract), method="fine-tune",
+                            shots=k, seed=s, **evaluate_args))
+        logs += [{"shots": k, "seed": s, **h} for h in ft.history]
+        if first.setdefault(k, s) == s:
+            drift.append(weight_change_by_block(bench.model.model.visual, ft.loaded.model.visual).assign(shots=k))
+    return out, pd.DataFrame(logs), pd.concat(drift, ignore_index=True)
+
+
+def coop_runs(bench, train: Features, splits: Mapping, methods: Mapping[str, float], detectors: Sequence,
+              coop_args: Mapping, epochs: Mapping, **evaluate_args) -> tuple[list[Evaluation], pd.DataFrame]:
+    """Prompt learning (:func:`helpers.finetune.coop_model`) on each split's rows of ``train``, for each method
+    (name -> LoCoOp's λ; 0 is CoOp), evaluated by ``detectors`` on ``bench`` with the learned prompts (the image
+    features are reused). Returns the evaluations and the training logs."""
+    from .coop import coop_model
+
+    out, logs = [], []
+    for (k, s), rows in splits.items():
+        for method, lam in methods.items():
+            model, prompts = coop_model(bench.model, train.subset(rows), bench.class_names, lam=lam, seed=s,
+                                        epochs=per_shots(epochs, k, "coop_epochs"), **coop_args)
+            out.append(evaluate(detectors, bench.with_model(model), method=method, shots=k, seed=s, **evaluate_args))
+            logs += [{"method": method, "shots": k, "seed": s, **h} for h in prompts.history]
+    return out, pd.DataFrame(logs)

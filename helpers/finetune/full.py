@@ -13,7 +13,7 @@ so that before the first step $z$ equals CLIP's zero-shot logits at its own scal
 Every image-tower weight $\theta$ and the head $(W, b)$ train with cross-entropy; the text tower does not move.
 
 Scores (higher = more ID): MSP and energy on $z$ at $T = 1$, as PLP scores probe logits
-(``helpers.scores.msp(z)``, ``helpers.scores.energy(z, T=1)``), and MCM at $T = 1$ on
+(the ``head`` detector of :mod:`helpers.detectors`), and MCM at $T = 1$ on
 $\cos(\hat f_\theta(x), \hat t_k)$ against the *frozen* text embeddings (Ming & Li, IJCV 2023), i.e. the
 fine-tuned image tower read as a CLIP again.
 
@@ -34,8 +34,6 @@ model's own preprocessing for bicubic models.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -47,9 +45,11 @@ import torch.nn.functional as F
 from torchvision import transforms
 from tqdm.auto import tqdm
 
+from ..cache import cached_tensors, code_hash
 from ..data import ImageFolderDataset
 from ..data.arrays import decoded_images
-from ..models import LoadedModel
+from ..io import sha256_json
+from ..models import LoadedModel, derive
 from ..torchtools import adamw_groups, autocast, warmup_cosine
 
 
@@ -76,20 +76,14 @@ class ZeroShotHead(nn.Module):
 
 @dataclass
 class FineTuned:
-    """A fine-tuned image tower as a :class:`LoadedModel` (``loaded``; its ``model_id`` names base model and
-    weights hash, so :func:`helpers.features.extract_features` caches its features like any model's), the head
-    ``head_weight`` (C, D) / ``head_bias`` (C,), the frozen text embeddings ``text`` (C, D) and the training log."""
+    """A fine-tuned image tower as a derived model (``loaded``, :func:`helpers.models.derive`: its id names the
+    base model and a hash of the new weights, so its features are cached like any model's, and it carries the
+    head, which the ``"head"`` detector scores), the training configuration and log."""
 
     loaded: LoadedModel
-    head_weight: np.ndarray
-    head_bias: np.ndarray
-    text: np.ndarray
     config: dict
     history: list[dict] = field(default_factory=list)
-
-    def head_logits(self, image: np.ndarray) -> np.ndarray:
-        """Head logits (N, C) of normalised image embeddings ``image`` (N, D) of the fine-tuned tower."""
-        return np.asarray(image, np.float32) @ self.head_weight.T + self.head_bias
+    from_cache: bool = False
 
 
 def _normalize_of(preprocess) -> transforms.Normalize:
@@ -141,26 +135,40 @@ def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tenso
     return torch.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
 
 
-def _weights_sha(*modules: nn.Module) -> str:
-    h = hashlib.sha256()
-    for m in modules:
-        for k, v in m.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def finetune_image_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text: np.ndarray, *,
                          epochs: int = 100, batch_size: int = 256, lr: float = 2.5e-4, weight_decay: float = 0.05,
                          warmup: float = 0.05, label_smoothing: float = 0.1, mixup: float = 0.8, cutmix: float = 1.0,
                          augment: bool = False, head_init: str = "text", amp: bool = False, seed: int = 42,
-                         progress: bool = False) -> FineTuned:
+                         progress: bool = False, use_cache: bool = True) -> FineTuned:
     """Fine-tune a copy of ``loaded``'s image tower and a head on ``dataset`` (labels into the C classes of
     ``text`` (C, D), the normalised class-prompt embeddings); see the module docstring. ``loaded`` is unchanged.
 
     An epoch is ``N // batch_size`` batches (one batch of all images when ``N < batch_size``). ``seed`` fixes the
     batch order, mixing, augmentation and a random head. ``amp`` trains under bf16 (CPU) / fp16 (CUDA) autocast.
+    The trained tower and head are cached, keyed by the base model, the images, ``text``, every argument and the
+    training code; a cached run is loaded instead of trained again.
     """
+    config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup": warmup,
+              "label_smoothing": label_smoothing, "mixup": mixup, "cutmix": cutmix, "augment": augment,
+              "head_init": head_init, "amp": amp, "seed": seed}
+    key = {"model": loaded.model_id, "images": dataset.content_fingerprint(), "labels": sha256_json(dataset.labels.tolist()),
+           "text": sha256_json(np.asarray(text, np.float32).round(6).tolist()), **config,
+           "code": code_hash(_train_tower, ZeroShotHead, mix_batch, _augment, decoded_images)}
+    tensors, info, hit = cached_tensors(
+        "finetune", loaded.model_id, key,
+        lambda: _train_tower(loaded, dataset, text, progress=progress, **config), use_cache=use_cache)
+    visual = copy.deepcopy(loaded.model.visual)
+    visual.load_state_dict({k[len("visual."):]: v for k, v in tensors.items() if k.startswith("visual.")})
+    visual.eval()
+    ft = derive(loaded, "ft", modules={"visual": visual.to(loaded.device)},
+                head=(tensors["head.weight"].numpy(), tensors["head.bias"].numpy()), info={"finetune": info["config"]})
+    return FineTuned(ft, info["config"], info["history"], hit)
+
+
+def _train_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text: np.ndarray, *, epochs: int, batch_size: int,
+                 lr: float, weight_decay: float, warmup: float, label_smoothing: float, mixup: float, cutmix: float,
+                 augment: bool, head_init: str, amp: bool, seed: int, progress: bool) -> tuple[dict, dict]:
+    """The training loop of :func:`finetune_image_tower`: ``({"visual.*", "head.weight", "head.bias"}, info)``."""
     text_t = torch.as_tensor(np.asarray(text, np.float32))
     labels = dataset.labels
     n, c = len(labels), len(text_t)
@@ -208,19 +216,13 @@ def finetune_image_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text:
         history.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"], "loss": loss_sum / per_epoch,
                         "train_acc": acc_sum / per_epoch})
     visual.eval()
-
-    sha = _weights_sha(visual, head)
-    model = copy.copy(loaded.model)  # shallow: shares the (frozen) text tower with the base model ...
-    model._modules = dict(loaded.model._modules)  # ... but gets its own module table, so the base keeps its tower
-    model.visual = visual
-    ft_loaded = dataclasses.replace(loaded, model=model, model_id=f"{loaded.model_id}+ft:{sha[:16]}",
-                                    checkpoint_sha256=sha, info={**loaded.info, "finetuned_from": loaded.model_id})
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup": warmup,
               "label_smoothing": label_smoothing, "mixup": mixup, "cutmix": cutmix, "augment": augment,
               "head_init": head_init, "amp": amp, "seed": seed, "train_images": n, "steps": total,
               "logit_scale": scale}
-    return FineTuned(ft_loaded, head.weight.detach().cpu().numpy().copy(), head.bias.detach().cpu().numpy().copy(),
-                     text_t.numpy(), config, history)
+    tensors = {f"visual.{k}": v for k, v in visual.state_dict().items()}
+    tensors.update({"head.weight": head.weight.detach(), "head.bias": head.bias.detach()})
+    return tensors, {"config": config, "history": history}
 
 
 def weight_change(before: nn.Module, after: nn.Module) -> pd.DataFrame:
@@ -248,3 +250,11 @@ def weight_change(before: nn.Module, after: nn.Module) -> pd.DataFrame:
 
     order = sorted(dict.fromkeys(df.group), key=depth)
     return df.sort_values("group", key=lambda s: s.map(order.index), kind="stable").reset_index(drop=True)
+
+
+def weight_change_by_block(before: nn.Module, after: nn.Module) -> pd.DataFrame:
+    """:func:`weight_change` per ``group`` (block): the root mean square of the parameters' relative changes,
+    weighted by their sizes, ``sqrt(Σ numel · change² / Σ numel)``; rows in input-to-output order."""
+    df = weight_change(before, after)
+    g = df.assign(w=df.numel * df.relative_change ** 2).groupby("group", sort=False)
+    return pd.DataFrame({"group": list(g.groups), "relative change": np.sqrt(g.w.sum() / g.numel.sum()).values})

@@ -3,30 +3,123 @@
 Accepted specs (all go through ``open_clip.create_model_and_transforms``):
 
 - ``"ViT-B-16/openai"`` or ``load_model("ViT-B-16", "openai")``: an open_clip architecture and pretrained tag;
-- ``load_model("ViT-B-16", "/path/weights.safetensors")``: an architecture and a local checkpoint file;
+- ``load_model("ViT-B-16", "/path/weights.safetensors")``: an architecture and a local checkpoint file (``~`` is
+  expanded; in one string: ``"ViT-B-16//path/weights.safetensors"``, see :func:`split_spec`);
 - ``load_model("ViT-B-32", "random")``: random weights, seeded (benchmarks and tests);
-- ``"pocket:teaching"`` (or ``"pocket:smoke"``): the package's own small CLIP, trained on the mirrored data
+- ``"pocket:small"`` (or ``"pocket"``, ``"pocket:tiny-100"``...): the package's own small CLIP, trained on the mirrored data
   on first use and cached; then loaded from its checkpoint file like any other local checkpoint.
 
 Checkpoints load with ``weights_only=True`` (or from safetensors): loading never executes code.
+
+Models that *change* a loaded model — fine-tuned towers, edited weights, learned prompts — are made by
+:func:`derive`: a new :class:`LoadedModel` whose id is the parent's id + a tag + a hash of what changed, so its
+features and trained artifacts are cached like any model's, and whose unchanged tensors are shared with the
+parent (which stays as it was).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
+import functools
+import hashlib
 import os
+import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import open_clip
 import torch
 
 from ..errors import UnknownModelError, WeightsUnavailableError
-from ..io import sha256_file
+from ..io import sha256_file, sha256_json
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 open_clip.add_model_config(CONFIG_DIR)  # registers pocket-vit-* like any built-in architecture
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_SIMPLE = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _source_hash(obj) -> str | None:
+    from ..cache import code_hash
+
+    try:
+        return code_hash(obj)
+    except (OSError, TypeError, SyntaxError, IndentationError):  # no source (built in, typed at a prompt)
+        return None
+
+
+def _code_fingerprint(code: types.CodeType, globals_: dict, depth: int = 0) -> list:
+    """What a code object does: its bytecode, constants (nested code included) and the simple module-level values
+    it reads; line numbers are left out."""
+    consts = [_code_fingerprint(c, globals_, depth + 1) if isinstance(c, types.CodeType) else repr(c)
+              for c in code.co_consts]
+    read = {n: repr(globals_[n]) for n in code.co_names if n in globals_ and isinstance(globals_[n], _SIMPLE)}
+    return [code.co_code.hex(), consts, list(code.co_names), read]
+
+
+def _fingerprint(obj, depth: int = 0):
+    """A JSON-able description of ``obj`` that changes when what it computes changes, as far as can be seen: the
+    repr of plain values and of objects that print what they are; for functions their source and bytecode, default
+    arguments and closure values; for objects printed as ``<... at 0x...>`` their class's source and attributes."""
+    if depth > 6:
+        return type(obj).__qualname__
+    if isinstance(obj, _SIMPLE):
+        return repr(obj)
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [_fingerprint(x, depth + 1) for x in obj]
+        return sorted(map(repr, items)) if isinstance(obj, (set, frozenset)) else items
+    if isinstance(obj, dict):
+        return {str(k): _fingerprint(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        arr = obj.detach().cpu().numpy() if isinstance(obj, torch.Tensor) else obj
+        return [str(arr.dtype), list(arr.shape), hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()]
+    if isinstance(obj, functools.partial):
+        return {"partial": _fingerprint(obj.func, depth + 1), "args": _fingerprint(obj.args, depth + 1),
+                "keywords": _fingerprint(obj.keywords, depth + 1)}
+    if isinstance(obj, types.MethodType):
+        return {"method": _fingerprint(obj.__func__, depth + 1), "self": _fingerprint(obj.__self__, depth + 1)}
+    if isinstance(obj, types.FunctionType):
+        cells = []
+        for c in obj.__closure__ or ():
+            try:
+                cells.append(_fingerprint(c.cell_contents, depth + 1))
+            except ValueError:  # an empty cell
+                cells.append(None)
+        return {"function": f"{obj.__module__}.{obj.__qualname__}", "source": _source_hash(obj),
+                "code": _code_fingerprint(obj.__code__, obj.__globals__), "closure": cells,
+                "defaults": _fingerprint(obj.__defaults__, depth + 1),
+                "kwdefaults": _fingerprint(obj.__kwdefaults__, depth + 1)}
+    text = repr(obj)
+    if not _ADDRESS.search(text):
+        return text
+    cls = type(obj)
+    attrs = vars(obj) if hasattr(obj, "__dict__") and not isinstance(obj, types.ModuleType) else {}
+    return {"object": f"{cls.__module__}.{cls.__qualname__}", "source": _source_hash(cls),
+            "attrs": _fingerprint({k: v for k, v in attrs.items() if not k.startswith("__")}, depth + 1)}
+
+
+def _opaque_callables(t, depth: int = 0) -> list:
+    """Fingerprints of the parts of transform ``t`` whose repr does not say what they do: ``Lambda``'s function,
+    plain functions and partials, and objects printed as ``<... at 0x...>``. Composed transforms are walked."""
+    from torchvision.transforms import Lambda
+
+    if depth > 20:
+        return []
+    if isinstance(t, Lambda):
+        return [_fingerprint(t.lambd)]
+    subs = getattr(t, "transforms", None)
+    if isinstance(subs, (list, tuple, torch.nn.ModuleList, torch.nn.Sequential)):
+        return [f for sub in subs for f in _opaque_callables(sub, depth + 1)]
+    if isinstance(t, (types.FunctionType, types.MethodType, functools.partial)) or _ADDRESS.search(repr(t)):
+        return [_fingerprint(t)]
+    return []
 
 
 @dataclass
@@ -42,18 +135,119 @@ class LoadedModel:
     precision: str
     interpolation: str
     info: dict = field(default_factory=dict)  # e.g. the pocket CLIP's training report
+    name: str = ""  # how it was asked for ("pocket:small", "ViT-B-16/openai"); derived: parent name + "+tag"
+    parent: str | None = None  # model_id of the model it was derived from
+    image_id: str = ""  # the id that determines image features (a derived model with the parent's image tower
+    text_id: str = ""  # keeps the parent's image_id, so its image features are not extracted again); text likewise
+    head: tuple[np.ndarray, np.ndarray] | None = None  # (C, D) weight and (C,) bias of a trained classifier head
+    class_text: tuple[tuple[str, ...], np.ndarray] | None = None  # learned prompts: class names, (C, D) embeddings
+
+    def __post_init__(self):
+        self.name = self.name or self.model_id
+        self.image_id = self.image_id or self.model_id
+        self.text_id = self.text_id or self.model_id
 
     @property
     def transform_id(self) -> str:
-        """Text that changes whenever the preprocessing changes (part of every feature-cache key)."""
-        return " ".join(repr(self.preprocess).split())
+        """Text that changes whenever the preprocessing changes (part of every feature-cache key).
+
+        The transform's repr, which for the standard open_clip / torchvision transforms lists every setting; where
+        a part's repr does not say what it does (a ``Lambda``, a plain function or partial, an object printed as
+        ``<... at 0x...>``), a hash of its code and of the values it captures (closure, default arguments, simple
+        module-level values it reads) is appended, so that two custom transforms never share cached features.
+        """
+        text = " ".join(_ADDRESS.sub("", repr(self.preprocess)).split())
+        opaque = _opaque_callables(self.preprocess)
+        return f"{text} code:{sha256_json(opaque)[:16]}" if opaque else text
+
+
+VISUAL_PREFIX = "visual."
+
+
+def _hash_tensors(h, named: dict) -> None:
+    for k in sorted(named):
+        v = named[k]
+        arr = v.detach().cpu().float().contiguous().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, np.float32)
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+
+
+def derive(loaded: LoadedModel, tag: str, *, weights: dict[str, torch.Tensor] | None = None,
+           modules: dict[str, torch.nn.Module] | None = None, head: tuple | None = None,
+           class_text: tuple[list[str], np.ndarray] | None = None, info: dict | None = None) -> LoadedModel:
+    """A model derived from ``loaded``: the same model with some parameters, submodules, a head or learned class
+    prompts replaced. ``loaded`` itself is not modified.
+
+    - ``weights``: ``{parameter name: tensor}`` (names as in ``model.named_parameters()``), e.g. a SeTAR edit;
+    - ``modules``: ``{attribute: module}`` of top-level submodules, e.g. ``{"visual": fine_tuned_tower}``;
+    - ``head``: ``(weight (C, D), bias (C,))`` of a classifier on the normalised image embedding;
+    - ``class_text``: ``(class names, (C, D) normalised embeddings)`` of learned prompts (CoOp); the derived model's
+      :func:`helpers.features.text_features` answers with them for exactly these class names.
+
+    The id is ``<parent id>+<tag>:<hash>``, the hash covering every replaced tensor, so equal changes give equal
+    ids (and cache hits). Unchanged tensors are shared with the parent, not copied; treat them as read-only.
+    ``image_id`` changes only when the image tower changed (weights under ``visual.`` or the ``visual`` module), so
+    a model with learned prompts reuses the parent's cached image features; ``text_id`` likewise.
+    """
+    weights, modules = dict(weights or {}), dict(modules or {})
+    params = dict(loaded.model.named_parameters())
+    unknown = [k for k in weights if k not in params]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], params, n=3)
+        raise KeyError(f"derive: {loaded.model_id} has no parameter {unknown[0]!r} (close: {close})")
+    for k, v in weights.items():
+        if tuple(v.shape) != tuple(params[k].shape):
+            raise ValueError(f"derive: {k} has shape {tuple(params[k].shape)}, the replacement {tuple(v.shape)}")
+    h = hashlib.sha256(tag.encode())
+    _hash_tensors(h, weights)
+    for name in sorted(modules):
+        _hash_tensors(h, {f"{name}.{k}": v for k, v in modules[name].state_dict().items()})
+    if head is not None:
+        _hash_tensors(h, {"head.weight": head[0], "head.bias": head[1]})
+    if class_text is not None:
+        h.update("\x1f".join(class_text[0]).encode())
+        _hash_tensors(h, {"class_text": class_text[1]})
+    digest = h.hexdigest()
+
+    # a structural copy that shares every tensor except the replaced ones
+    replaced = set(weights) | {k for k in params if k.split(".", 1)[0] in modules}
+    memo = {id(t): t for k, t in [*loaded.model.named_parameters(), *loaded.model.named_buffers()]
+            if k not in replaced}
+    memo.update({id(getattr(loaded.model, name)): m for name, m in modules.items()})
+    model = copy.deepcopy(loaded.model, memo)
+    for name, m in modules.items():
+        setattr(model, name, m)
+    for k, v in weights.items():
+        owner, _, attr = k.rpartition(".")
+        target = model.get_submodule(owner) if owner else model
+        setattr(target, attr, torch.nn.Parameter(v.detach().to(params[k].device, params[k].dtype),
+                                                 requires_grad=params[k].requires_grad))
+    image_changed = "visual" in modules or any(k.startswith(VISUAL_PREFIX) for k in weights)
+    text_changed = class_text is not None or any(not k.startswith(VISUAL_PREFIX) for k in weights) or any(
+        k != "visual" for k in modules)
+    model_id = f"{loaded.model_id}+{tag}:{digest[:12]}"
+    return dataclasses.replace(
+        loaded, model=model, model_id=model_id, name=f"{loaded.name}+{tag}", parent=loaded.model_id,
+        image_id=model_id if image_changed else loaded.image_id, text_id=model_id if text_changed else loaded.text_id,
+        head=(np.asarray(head[0], np.float32), np.asarray(head[1], np.float32)) if head is not None else loaded.head,
+        class_text=(tuple(class_text[0]), np.asarray(class_text[1], np.float32)) if class_text is not None
+        else loaded.class_text,
+        info={**loaded.info, **(info or {}), "derived_from": loaded.model_id, "tag": tag})
 
 
 def _check_arch(arch: str) -> None:
     if arch not in open_clip.list_models():
         close = difflib.get_close_matches(arch, open_clip.list_models(), n=5, cutoff=0.6)
+        pocket = ""
+        if arch.lower().startswith("pocket"):  # "pocket-small", "pocket_teaching": a pocket CLIP config meant
+            from .pocket import PROFILES, suggest_pocket
+
+            names = suggest_pocket(re.sub(r"^pocket[-_: ]*", "", arch.lower()))
+            pocket = (f"Did you mean {' or '.join(f'pocket:{n}' for n in names)}? " if names else "") + (
+                f"The pocket CLIPs are asked for as pocket:<config> ({', '.join(f'pocket:{n}' for n in PROFILES)}); "
+                f"pocket-vit-* are their bare architectures. ")
         raise UnknownModelError(
-            f"Unknown open_clip architecture {arch!r}. Close matches: {close or 'none'}. "
+            f"Unknown open_clip architecture {arch!r}. {pocket}Close matches: {close or 'none'}. "
             f"See open_clip.list_models() for all {len(open_clip.list_models())} architectures."
         )
 
@@ -62,12 +256,20 @@ def _is_local_file(pretrained: str | None) -> bool:
     return bool(pretrained) and os.path.isfile(str(pretrained))
 
 
+def _expand(pretrained: str | None) -> str | None:
+    return os.path.expanduser(pretrained) if pretrained and str(pretrained).startswith("~") else pretrained
+
+
 def split_spec(spec: str, pretrained: str | None = None) -> tuple[str, str | None]:
-    """``"ViT-B-16/openai"`` -> ``("ViT-B-16", "openai")``; an explicit ``pretrained`` wins."""
+    """``"ARCH/TAG"`` -> ``("ARCH", "TAG")``: everything after the first ``/`` is the pretrained tag or checkpoint
+    file, so one string can name a file too: ``"ViT-B-16//abs/w.safetensors"`` (absolute path),
+    ``"ViT-B-16/~/w.safetensors"`` (``~`` is expanded) and ``"ViT-B-16/ckpt/w.safetensors"`` (relative to the
+    current folder; a notebook runs in ``notebooks/``). An explicit ``pretrained`` wins (``~`` expanded too);
+    ``hf-hub:`` and ``local-dir:`` specs are left whole."""
     if pretrained is None and "/" in spec and not spec.startswith(("hf-hub:", "local-dir:")):
         arch, pretrained = spec.split("/", 1)
-        return arch, pretrained
-    return spec, pretrained
+        return arch, _expand(pretrained)
+    return spec, _expand(pretrained)
 
 
 def load_model(
@@ -93,13 +295,16 @@ def load_model(
     become part of ``model_id``.
     """
     if spec == "pocket" or spec.startswith("pocket:"):
-        from .pocket import pocket_checkpoint
+        from .pocket import DEFAULT, PROFILES, pocket_checkpoint, unknown_pocket_error
 
         _, _, profile = spec.partition(":")
-        arch, ckpt, info = pocket_checkpoint(profile or "teaching", device=device)
+        if profile and profile not in PROFILES:
+            raise unknown_pocket_error(profile)
+        arch, ckpt, info = pocket_checkpoint(profile or DEFAULT, device=device)
         loaded = load_model(arch, str(ckpt), device=device, precision=precision, interpolation=interpolation,
                             resize_mode=resize_mode, seed=seed, image_size=image_size, context_length=context_length)
         loaded.info = info
+        loaded.name = spec
         return loaded
 
     arch, pretrained = split_spec(spec, pretrained)
@@ -110,7 +315,9 @@ def load_model(
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if pretrained not in tags:
             looks_like_path = os.sep in str(pretrained) or str(pretrained).endswith((".pt", ".pth", ".bin", ".safetensors"))
-            hint = (f"the checkpoint file {pretrained} does not exist" if looks_like_path
+            where = "" if os.path.isabs(str(pretrained)) else (
+                f" (a relative path is taken from the current folder, {os.getcwd()}; a notebook runs in notebooks/)")
+            hint = (f"the checkpoint file {pretrained} does not exist{where}" if looks_like_path
                     else f"known tags for {arch}: {tags or 'none'}; close matches: "
                          f"{difflib.get_close_matches(str(pretrained), tags, n=3, cutoff=0.4) or 'none'}")
             raise UnknownModelError(f"Unknown pretrained weights {pretrained!r} for {arch!r}: {hint}.")
@@ -141,5 +348,6 @@ def load_model(
     # a forced size changes the weights' shapes (and the random draws): it must change every cache key
     model_id += (f"-img{image_size}" if image_size else "") + (f"-ctx{context_length}" if context_length else "")
     interp = interpolation or getattr(model, "pretrained_cfg", {}).get("interpolation", "bicubic") or "bicubic"
+    name = spec if pretrained is None or "/" in spec else f"{arch}/{Path(str(pretrained)).name}"
     return LoadedModel(model, preprocess, tokenizer, model_id, arch, None if random_init else str(pretrained), sha,
-                       device, precision, interp)
+                       device, precision, interp, name=name)

@@ -13,7 +13,8 @@ post-projection image embedding and $\hat t_k$ the normalised mean of the normal
 **Probe.** A linear layer $z = W \frac{f - m}{s} + b$ on the *pre-projection* features $f$ (visual ``proj``
 removed, after ``ln_post``), standardised per dimension with the training mean $m$ and (unbiased) standard
 deviation $s$, trained with cross-entropy on $\tilde y$ (PLP) or on the true labels (supervised linear probe).
-Its logits are then scored with :mod:`helpers.scores.logits` (MSP, energy, L1 at T = 1).
+Its logits are then scored by the ``plp`` / ``linear_probe`` detectors (:mod:`helpers.detectors.probe`: MSP,
+energy, L1 at T = 1).
 
 Hyper-parameters (published defaults): Adam, ``weight_decay=1e-3`` (Adam's coupled L2), ``epochs=100``,
 ``batch_size=256`` for CIFAR (8192 for ImageNet), ``seed=42``, learning rate per step on a cosine schedule to 0

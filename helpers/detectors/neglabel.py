@@ -1,0 +1,261 @@
+r"""NegLabel: the ID share of a softmax over ID labels *and* thousands of mined negative labels.
+
+Paper: Jiang, Liu, Fang, Chen, Liu, Zheng, Han. *Negative Label Guided OOD Detection with Pretrained
+Vision-Language Models*, ICLR 2024. Reference code: ``XueJiang16/NegLabel``: mining in
+``mmcls/models/classifiers/multi_modal.py`` (``CLIPScalableClassifier``), grouping and score in
+``mmcls/models/ood/clip_ood.py`` (``ScalableClassifier.grouping``), settings in ``custom_config/clip.py``.
+
+**Mining.** Candidate words are WordNet nouns, prompted ``"the nice {}"``, and adjectives, prompted
+``"This is a {} photo"`` (:mod:`helpers.words`). With $\hat t_k$ the ID class embeddings (prompt
+``"the nice {}"`` too) and $\hat n_j$ a candidate's embedding, NegLabel keeps the candidates *least* similar to
+every ID class: per candidate the $\eta$-quantile $q_j = Q_\eta\{\cos(\hat n_j, \hat t_k)\}_k$, and the
+$\lfloor r\,M_{pos}\rfloor$ candidates with the lowest $q_j$, separately for nouns and adjectives.
+
+**Score.** With $s_k = \cos(\hat x, \hat t_k)$ for the $K$ ID labels and $\tilde s_j = \cos(\hat x, \hat n_j)$ for
+the negatives of group $g$ (the negatives are shuffled and split into $G$ equal groups),
+
+.. math::
+
+    S(x) = \frac{1}{G}\sum_{g=1}^{G} \frac{\sum_{k=1}^{K} e^{s_k/T}}
+        {\sum_{k=1}^{K} e^{s_k/T} + \sum_{j\in g} e^{\tilde s_j/T}} .
+
+An ID image matches an ID label better than any negative label, so most of the softmax mass stays on the ID
+labels; an OOD image finds a negative that fits it better.
+
+Hyper-parameters (published defaults, ``custom_config/clip.py``): percentile $\eta = 0.95$
+(``pencentile``), ratio $r = 0.15$ (``neg_topk``: "15% -> 10000" negatives for ImageNet), $G = 100$ groups
+(``ngroup``), temperature $T = 0.01$ on cosines (the code divides ``100·cos`` by ``t = 1``), shuffle seed 0.
+
+``n_groups = 1`` puts all negatives in one softmax (the softmax share above with $G = 1$, as CMA scores it). The
+reference's own ``ngroup=1`` branch differs: it sums the raw ID logits without a softmax; that variant is not
+implemented here.
+
+Deviations: the reference shuffles with ``torch.randperm`` on CUDA (seed 0); here ``numpy``'s
+``default_rng(seed).permutation``, so the grouping (not the rule) differs. As in the reference, the last
+``M mod G`` negatives of the list (nouns then adjectives, each lowest quantile first) are dropped before
+shuffling. The word lists are every WordNet lemma, not the reference's pre-extracted files (see
+:mod:`helpers.words`), so more negatives are mined.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..cache import code_hash, slug
+from ..features import text_features
+from ..io import atomic_path, sha256_json
+from ..paths import cache_dir
+from ..prompts import get_prompts
+from .base import register
+from .mcm import ZeroShotDetector
+
+PERCENTILE = 0.95  # pencentile
+RATIO = 0.15  # neg_topk
+N_GROUPS = 100  # ngroup
+T_NEGLABEL = 0.01  # 100·cos at t = 1
+SEED = 0
+NOUN_TEMPLATE = "the nice {}"
+ADJ_TEMPLATE = "This is a {} photo"
+
+# Published ImageNet-1k results (FPR95 / AUROC in %, ID-positive FPR95), REFERENCE.md.
+PUBLISHED = [
+    {"method": "NegLabel", "backbone": "ViT-B-16", "source": "NegLabel paper (Jiang et al. 2024)", "ood": o,
+     "fpr95": f, "auroc": a}
+    for o, (f, a) in {"inaturalist": (1.91, 99.49), "sun": (20.53, 95.49), "places": (35.59, 91.64),
+                      "textures": (43.56, 90.22), "average": (25.40, 94.21)}.items()
+]
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def group_indices(n_negatives: int, n_groups: int = N_GROUPS, seed: int = SEED) -> np.ndarray:
+    """Column indices (G, M // G) of the negatives in each group.
+
+    The last ``M mod G`` negatives are dropped, the rest shuffled with ``seed`` and cut into ``G`` groups.
+    """
+    if n_groups < 1:
+        raise ValueError(f"n_groups must be >= 1, not {n_groups}")
+    if n_negatives < n_groups:
+        raise ValueError(f"NegLabel needs at least n_groups={n_groups} negative labels, got {n_negatives}. "
+                         f"Fix: lower n_groups, or mine more words (larger word list or ratio).")
+    kept = n_negatives - n_negatives % n_groups
+    order = np.arange(kept) if n_groups == 1 else np.random.default_rng(seed).permutation(kept)
+    return order.reshape(n_groups, -1)
+
+
+def neglabel_score(pos_cos: torch.Tensor, neg_cos: torch.Tensor, T: float, groups: torch.Tensor) -> torch.Tensor:
+    """NegLabel score (N,) from cosines to the ID labels ``pos_cos`` (N, K) and to the negatives ``neg_cos``
+    (N, M), with the negatives of each group given by ``groups`` (G, M // G). In (0, 1]; higher = more ID.
+
+    Computed in log space (at T = 0.01 ``exp`` overflows): per group, log ID mass = lse(pos) - lse([pos, neg_g]).
+    """
+    lse_pos = torch.logsumexp(pos_cos / T, dim=-1, keepdim=True)  # (N, 1)
+    lse_neg = torch.logsumexp(neg_cos[:, groups] / T, dim=-1)  # (N, G)
+    return torch.exp(lse_pos - torch.logaddexp(lse_pos, lse_neg)).mean(-1)
+
+
+# ------------------------------------------------------------------------------------------- mining
+def negative_quantiles(candidates: np.ndarray, id_text: np.ndarray, percentile: float = PERCENTILE,
+                       chunk: int = 8192) -> np.ndarray:
+    """Per candidate (M, D) the ``percentile``-quantile (linear interpolation) of its cosines to the ID
+    labels (K, D); (M,). Low = unlike every ID class."""
+    if not 0.0 <= percentile <= 1.0:
+        raise ValueError(f"percentile must be in [0, 1], not {percentile}")
+    candidates, id_text = np.asarray(candidates, np.float32), np.asarray(id_text, np.float32)
+    return np.concatenate([np.quantile(candidates[i:i + chunk] @ id_text.T, percentile, axis=1)
+                           for i in range(0, len(candidates), chunk)]) if len(candidates) else np.zeros(0)
+
+
+def select_negatives(quantiles: np.ndarray, ratio: float = RATIO) -> np.ndarray:
+    """Indices of the ``floor(ratio · M)`` candidates with the lowest quantile, lowest first (stable order)."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], not {ratio}")
+    quantiles = np.asarray(quantiles)
+    return np.argsort(quantiles, kind="stable")[: int(len(quantiles) * ratio)]
+
+
+@dataclass
+class NegativeLabels:
+    """Mined negative labels: the selected words (nouns first, then adjectives, each lowest quantile first)."""
+
+    words: list[str]
+    is_adjective: np.ndarray  # (M,) bool
+    embeddings: np.ndarray  # (M, D) normalised text embeddings of the prompted words
+    quantiles: np.ndarray  # (M,) their percentile-cosine to the ID labels
+    id_embeddings: np.ndarray  # (K, D) the ID labels with the ID prompts
+    candidate_quantiles: dict[str, np.ndarray]  # "noun" / "adj": (M_pos,) quantiles of all candidates
+    source: str  # where the candidate words came from (helpers.words.Vocabulary.describe())
+    settings: dict = field(default_factory=dict)
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def summary(self) -> pd.DataFrame:
+        """Per part of speech: candidates, selected, median quantile of all candidates, largest kept."""
+        rows = []
+        for pos, q in self.candidate_quantiles.items():
+            kept = self.quantiles[self.is_adjective == (pos == "adj")]
+            if len(q):
+                rows.append({"part of speech": pos, "candidates": len(q), "selected": len(kept),
+                             "median 0.95-quantile (all)": float(np.median(q)),
+                             "largest 0.95-quantile kept": float(kept.max()) if len(kept) else np.nan})
+        return pd.DataFrame(rows)
+
+    def examples(self, n: int = 12) -> pd.DataFrame:
+        """The first ``n`` nouns and adjectives (the least like any ID class)."""
+        nouns = [w for w, a in zip(self.words, self.is_adjective) if not a]
+        adjs = [w for w, a in zip(self.words, self.is_adjective) if a]
+        return pd.DataFrame({"nouns least like any ID class": (nouns + [""] * n)[:n],
+                             "adjectives least like any ID class": (adjs + [""] * n)[:n]})
+
+
+def _encode(loaded, words: list[str], template: str, width: int, batch_size: int, progress: bool,
+            desc: str) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    step = 5 * batch_size  # progress in slices; candidate embeddings are not cached one by one (too many)
+    parts = [text_features(loaded, words[i:i + step], [template], batch_size=batch_size, use_cache=False)
+             for i in tqdm(range(0, len(words), step), desc=desc, disable=not progress, mininterval=2)]
+    return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
+
+
+def mine_negative_labels(loaded, class_names: list[str], vocabulary, *, id_templates=("the nice {}",),
+                         noun_template: str = NOUN_TEMPLATE, adj_template: str = ADJ_TEMPLATE,
+                         percentile: float = PERCENTILE, ratio: float = RATIO, batch_size: int = 1000,
+                         use_cache: bool = True, progress: bool = True) -> NegativeLabels:
+    """NegLabel's negative labels for the ID ``class_names`` under ``loaded`` (a :class:`LoadedModel`).
+
+    ``vocabulary`` is a :class:`helpers.words.Vocabulary`. The result is cached under
+    ``<cache>/neglabel/``, keyed by the model, the words, the prompts, the ID labels, the selection rule and
+    the code; a damaged cache file is reported and mined again.
+    """
+    if not vocabulary.nouns and not vocabulary.adjectives:
+        raise ValueError(f"the vocabulary ({vocabulary.describe()}) is empty")
+    id_emb = text_features(loaded, list(class_names), list(id_templates))
+    key = {"model_id": loaded.text_id, "checkpoint_sha256": loaded.checkpoint_sha256,
+           "nouns": sha256_json(vocabulary.nouns), "adjectives": sha256_json(vocabulary.adjectives),
+           "class_names": list(class_names), "id_templates": list(id_templates), "noun_template": noun_template,
+           "adj_template": adj_template, "percentile": percentile, "ratio": ratio,
+           "code": code_hash(mine_negative_labels, negative_quantiles, select_negatives, _encode, text_features)}
+    path = cache_dir() / "neglabel" / f"{slug(loaded.text_id)}-{sha256_json(key)[:20]}.npz"
+    settings = {k: key[k] for k in ("id_templates", "noun_template", "adj_template", "percentile", "ratio")}
+    if use_cache and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if json.loads(str(z["key"])) == key:
+                    return NegativeLabels(
+                        words=[str(w) for w in z["words"]], is_adjective=z["is_adjective"],
+                        embeddings=z["embeddings"], quantiles=z["quantiles"], id_embeddings=id_emb,
+                        candidate_quantiles={"noun": z["cq_noun"], "adj": z["cq_adj"]},
+                        source=vocabulary.describe(), settings=settings, from_cache=True)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            warnings.warn(f"NegLabel cache {path} is damaged ({type(e).__name__}: {e}); mining the negative "
+                          f"labels again", stacklevel=2)
+            path.unlink(missing_ok=True)
+    words, adj, embs, qs, cand = [], [], [], [], {}
+    for pos, template, cands in (("noun", noun_template, vocabulary.nouns), ("adj", adj_template, vocabulary.adjectives)):
+        emb = _encode(loaded, list(cands), template, id_emb.shape[1], batch_size, progress, f"NegLabel {pos}s")
+        q = negative_quantiles(emb, id_emb, percentile)
+        keep = select_negatives(q, ratio)
+        words += [cands[i] for i in keep]
+        adj.append(np.full(len(keep), pos == "adj"))
+        embs.append(emb[keep])
+        qs.append(q[keep])
+        cand[pos] = q
+    res = NegativeLabels(words, np.concatenate(adj), np.concatenate(embs).astype(np.float32),
+                         np.concatenate(qs), id_emb, cand, vocabulary.describe(), settings)
+    with atomic_path(path, ".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, key=json.dumps(key), words=np.array(res.words, dtype=str), is_adjective=res.is_adjective,
+                     embeddings=res.embeddings, quantiles=res.quantiles, cq_noun=cand["noun"], cq_adj=cand["adj"])
+    return res
+
+
+# ------------------------------------------------------------------------------------------ detector
+@register
+class NegLabel(ZeroShotDetector):
+    """NegLabel (module docstring). ``fit`` mines the negatives from the candidate words (cached):
+    ``words`` (``"auto"``: nltk's WordNet, then Debian's ``wordnet-base``, then ``word_list``; or one source by
+    name, see :mod:`helpers.words`), ``word_list`` a file or list of words, ``max_words`` a seeded cap on the
+    candidates per part of speech (None keeps all). ``prompts`` are the ID labels' prompts (``"nice"``:
+    ``the nice {}``, as published). :attr:`negatives` holds the mined labels after fitting."""
+
+    name, title = "neglabel", "NegLabel"
+    shown = ("T",)
+    hidden = ("words", "word_list", "max_words")
+
+    def __init__(self, T: float | str = T_NEGLABEL, n_groups: int = N_GROUPS, seed: int = SEED,
+                 percentile: float = PERCENTILE, ratio: float = RATIO, prompts: str | list[str] = "nice",
+                 words: str = "auto", word_list=None, max_words: int | None = None,
+                 noun_template: str = NOUN_TEMPLATE, adj_template: str = ADJ_TEMPLATE):
+        self._init(T=T, prompts=prompts, n_groups=n_groups, seed=seed, percentile=percentile, ratio=ratio,
+                         words=words, word_list=word_list, max_words=max_words, noun_template=noun_template,
+                         adj_template=adj_template)
+        self.negatives: NegativeLabels | None = None
+        self.neg: torch.Tensor | None = None
+        self.groups: torch.Tensor | None = None
+
+    def fit(self, model, class_names, train=None):
+        from ..words import load_words, subsample
+
+        super().fit(model, class_names, train)
+        p = self.params
+        vocab = subsample(load_words(p["words"], p["word_list"]), p["max_words"])
+        self.negatives = mine_negative_labels(model, list(class_names), vocab, id_templates=get_prompts(p["prompts"]),
+                                              noun_template=p["noun_template"], adj_template=p["adj_template"],
+                                              percentile=p["percentile"], ratio=p["ratio"])
+        self.text = torch.as_tensor(self.negatives.id_embeddings, dtype=torch.float64, device=self.device)
+        self.neg = torch.as_tensor(self.negatives.embeddings, dtype=torch.float64, device=self.device)
+        self.groups = torch.as_tensor(group_indices(len(self.negatives), p["n_groups"], p["seed"]), device=self.device)
+        self.resolved["negatives"] = len(self.negatives)
+        return self
+
+    def score(self, image: torch.Tensor, **_) -> torch.Tensor:
+        return neglabel_score(self.cosines(image), image @ self.neg.to(image.dtype).T, self.T, self.groups)

@@ -1,0 +1,330 @@
+"""Figures the notebooks share, in the series' style (:func:`helpers.report.set_style`). Each function returns
+the matplotlib figure; the notebook saves it with :func:`helpers.report.save_figure`.
+
+Colours: ID is always ``C0`` (blue) and OOD ``C1`` (orange).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.decomposition import PCA
+from sklearn.metrics import roc_curve
+
+ID_COLOR, OOD_COLOR = "C0", "C1"
+
+
+def sample_grid(datasets: Mapping, per_row: int = 8, title: str = ""):
+    """``per_row`` images (evenly spaced) of each dataset (:class:`ImageFolderDataset`), one row per dataset."""
+    fig, axes = plt.subplots(len(datasets), per_row, figsize=(1.25 * per_row, 1.4 * len(datasets)), squeeze=False)
+    for r, (name, ds) in enumerate(datasets.items()):
+        for c, i in enumerate(np.linspace(0, len(ds) - 1, per_row).astype(int)):
+            ax = axes[r, c]
+            ax.imshow(ds.load_rgb(int(i)))
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(title)
+    return fig
+
+
+def pca_scatter(groups: Mapping[str, np.ndarray], title: str, max_points: int = 2000, seed: int = 0):
+    """2-D PCA (fitted on all groups together) of embeddings, one colour per group (name -> (N, D))."""
+    rng = np.random.default_rng(seed)
+    picked = {n: x[rng.choice(len(x), min(max_points, len(x)), replace=False)] for n, x in groups.items()}
+    pca = PCA(n_components=2, random_state=0).fit(np.concatenate(list(picked.values())))
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    for n, x in picked.items():
+        z = pca.transform(x)
+        ax.scatter(z[:, 0], z[:, 1], s=4, alpha=0.5, label=n)
+    ax.set_xlabel("PC 1"), ax.set_ylabel("PC 2")
+    ax.legend(markerscale=4, fontsize=8)
+    ax.set_title(title)
+    return fig
+
+
+def gap_figure(image: np.ndarray, labels: np.ndarray, prompts: np.ndarray, class_text: np.ndarray,
+               class_names: Sequence[str], max_points: int = 2000, seed: int = 0):
+    """Left: a PCA of ID image embeddings (dots) and every prompt's embedding (stars; ``prompts`` (C, T, D)),
+    coloured by class, with the two centroids; right: the cosines of an image with its own class prompt
+    (``class_text`` (C, D), ensembled), of two images and of two classes' prompts."""
+    prompt_labels = np.repeat(np.arange(prompts.shape[0]), prompts.shape[1])
+    prompts = prompts.reshape(-1, prompts.shape[-1])
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(image), min(max_points, len(image)), replace=False)
+    img, lab = image[pick], labels[pick]
+    pca = PCA(n_components=2, random_state=0).fit(np.concatenate([img, prompts]))
+    zi, zt = pca.transform(img), pca.transform(prompts)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for c, name in enumerate(class_names[:20]):
+        color = cmap(c % cmap.N)
+        axes[0].scatter(*zi[lab == c].T, s=4, alpha=0.35, color=color)
+        axes[0].scatter(*zt[prompt_labels == c].T, s=40, marker="*", color=color, edgecolor="k", linewidth=0.3,
+                        label=name)
+    for z, name, m in ((zi, "image centroid", "X"), (zt, "prompt centroid", "P")):
+        axes[0].scatter(*z.mean(0), s=160, marker=m, color="k", label=name)
+    axes[0].set_xlabel("PC 1"), axes[0].set_ylabel("PC 2")
+    axes[0].legend(fontsize=7, ncol=6, loc="upper left", bbox_to_anchor=(0, -0.12))
+    axes[0].set_title("ID images (dots) and class prompts (stars), PCA")
+    own = (image * class_text[labels]).sum(1)
+    sub = img[:500]
+    img_img = (sub @ sub.T)[np.triu_indices(len(sub), 1)]
+    txt_txt = (class_text @ class_text.T)[np.triu_indices(len(class_text), 1)]
+    bins = np.linspace(min(own.min(), img_img.min(), txt_txt.min()), 1, 60)
+    axes[1].hist(own, bins=bins, alpha=0.6, density=True, label="image · its class prompt")
+    axes[1].hist(img_img, bins=bins, alpha=0.5, density=True, label="image · another image")
+    axes[1].hist(txt_txt, bins=bins, alpha=0.5, density=True, label="prompt · another class's prompt")
+    axes[1].set_xlabel("cosine similarity"), axes[1].set_ylabel("density"), axes[1].legend(fontsize=8)
+    axes[1].set_title("Cosines within and across the modalities")
+    return fig
+
+
+def score_histograms(scores: Mapping[str, Mapping[str, np.ndarray]], labels: Sequence[str], id_set: str,
+                     ood_sets: Sequence[str], table: pd.DataFrame | None = None):
+    """Histograms of ID (blue) vs each OOD set (orange), one row per detector label; ``scores`` as in
+    :attr:`helpers.evaluation.Evaluation.scores`; titles show the AUROC from ``table`` when given."""
+    fig, axes = plt.subplots(len(labels), len(ood_sets), figsize=(3.2 * len(ood_sets), 2.0 * len(labels)),
+                             squeeze=False)
+    for r, lab in enumerate(labels):
+        for c, o in enumerate(ood_sets):
+            a, b = scores[lab][id_set], scores[lab][o]
+            lo, hi = np.percentile(np.r_[a, b], [0.5, 99.5])
+            bins = np.linspace(lo, hi, 40) if hi > lo else 10
+            ax = axes[r, c]
+            ax.hist(a, bins=bins, density=True, alpha=0.55, color=ID_COLOR, label=f"ID ({id_set})")
+            ax.hist(b, bins=bins, density=True, alpha=0.55, color=OOD_COLOR, label="OOD")
+            title = o
+            if table is not None:
+                row = table[(table.detector_label == lab) & (table.ood_set == o)]
+                title += f" · AUROC {row.auroc.iloc[0]:.1f}" if len(row) else ""
+            ax.set_title(title, fontsize=9)
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(lab, fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Score histograms: ID (blue) vs each OOD set (orange); higher = more ID")
+    fig.tight_layout()
+    return fig
+
+
+def roc_curves(scores: Mapping[str, Mapping[str, np.ndarray]], labels: Sequence[str], id_set: str,
+               ood_sets: Sequence[str]):
+    """ROC curves (ID positive) per OOD set, one line per detector label; FPR95 is where a curve crosses 0.95."""
+    fig, axes = plt.subplots(1, len(ood_sets), figsize=(3.4 * len(ood_sets), 3.4), sharey=True, squeeze=False)
+    for c, o in enumerate(ood_sets):
+        ax = axes[0, c]
+        for lab in labels:
+            a, b = scores[lab][id_set], scores[lab][o]
+            fpr, tpr, _ = roc_curve(np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b])
+            ax.plot(fpr, tpr, label=lab, lw=1.3)
+        ax.axhline(0.95, ls=":", color="gray")
+        ax.plot([0, 1], [0, 1], ls="--", color="lightgray")
+        ax.set_title(o, fontsize=10), ax.set_xlabel("OOD accepted (FPR)")
+    axes[0, 0].set_ylabel("ID accepted (TPR)")
+    axes[0, -1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("ROC curves, ID = positive; FPR95 is where a curve crosses the dotted line")
+    fig.tight_layout()
+    return fig
+
+
+def metric_lines(df: pd.DataFrame, x: str, hue: str, metrics=("auroc", "fpr95"), logx: bool = False,
+                 marks: Mapping[str, float] | None = None, title: str = ""):
+    """AUROC and FPR95 against ``x``, one line per ``hue`` value; ``marks``: labelled vertical lines."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for h, d in df.groupby(hue, sort=False):
+            ax.plot(d[x], d[m], marker="o", label=h)
+        ax.set_xscale("log" if logx else "linear")
+        ax.set_xlabel(x), ax.set_ylabel({"auroc": "AUROC (%) ↑", "fpr95": "FPR95 (%) ↓"}.get(m, m))
+        for name, v in (marks or {}).items():
+            ax.axvline(v, ls=":", color="gray")
+            ax.annotate(name, (v, ax.get_ylim()[1]), fontsize=8, ha="center", va="bottom")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def delta_bars(table: pd.DataFrame, label_cols: Sequence[str], delta_cols=("Δ avg AUROC", "Δ avg FPR95"), title=""):
+    """Horizontal bars of the ``delta_cols`` of each row, labelled by ``label_cols`` joined."""
+    labels = [" · ".join(str(r[c]) for c in label_cols) for _, r in table.iterrows()]
+    fig, axes = plt.subplots(1, len(delta_cols), figsize=(13, 0.45 * len(table) + 1.5), sharey=True)
+    for ax, col in zip(np.atleast_1d(axes), delta_cols):
+        ax.barh(labels, table[col], color="C0")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(f"{col} (points)", fontsize=10)
+    np.atleast_1d(axes)[0].invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confidence_examples(examples: Mapping[str, np.ndarray], temperatures: Sequence[float], top: int = 10):
+    """The ``top`` largest softmax probabilities of one image per set (title -> its cosines to the K class
+    prompts (K,)), one row per temperature; ID in blue, OOD in orange."""
+    fig, axes = plt.subplots(len(temperatures), len(examples), figsize=(2.6 * len(examples), 2.4 * len(temperatures)),
+                             sharey="row", squeeze=False)
+    for c, (title, cos) in enumerate(examples.items()):
+        for r, T in enumerate(temperatures):
+            z = np.asarray(cos, np.float64) / T
+            p = np.sort(np.exp(z - z.max()) / np.exp(z - z.max()).sum())[::-1][:top]
+            axes[r, c].bar(range(len(p)), p, color=ID_COLOR if c == 0 else OOD_COLOR)
+            axes[r, c].set_title(f"{title}\nMCM={p[0]:.3f}" if r == 0 else f"MCM={p[0]:.4f}", fontsize=9)
+            axes[r, c].set_xticks([])
+            if c == 0:
+                axes[r, 0].set_ylabel(f"softmax, T={T:g}")
+    fig.suptitle(f"Top-{top} class probabilities (sorted) of one image per set", y=1.02)
+    return fig
+
+
+def neglabel_mining(negatives):
+    """Histogram of every candidate's 0.95-quantile cosine to the ID labels (nouns, adjectives), the cut-off of
+    the kept negatives (dashed) and the mean cosine between two ID labels (black)."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for i, (pos, q) in enumerate(negatives.candidate_quantiles.items()):
+        kept = negatives.quantiles[negatives.is_adjective == (pos == "adj")]
+        if len(q):
+            ax.hist(q, bins=60, alpha=0.6, color=f"C{i}", label=f"{pos} candidates ({len(q)})")
+        if len(kept):
+            ax.axvline(kept.max(), ls="--", color=f"C{i}")
+    ids = negatives.id_embeddings @ negatives.id_embeddings.T
+    ax.axvline(ids[~np.eye(len(ids), dtype=bool)].mean(), color="k", label="mean cosine between two ID labels")
+    ax.set_xlabel("0.95-quantile of a candidate's cosines to the ID labels"), ax.set_ylabel("candidates")
+    ax.set_title("NegLabel mining: keep the 15% left of the dashed lines")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def confusion(true: np.ndarray, pred: np.ndarray, class_names: Sequence[str], xlabel: str, title: str):
+    """Row-normalised confusion matrix (% of each true class) as a heatmap; class names shown up to 20 classes."""
+    import seaborn as sns
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(true, pred, labels=range(len(class_names)), normalize="true")
+    names = list(class_names) if len(cm) <= 20 else False
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    sns.heatmap(100 * cm, annot=len(cm) <= 20, fmt=".0f", cmap="Blues", cbar_kws={"label": "% of the true class"},
+                xticklabels=names, yticklabels=names, ax=ax)
+    ax.set_xlabel(xlabel), ax.set_ylabel("true label"), ax.set_title(title)
+    return fig
+
+
+def auroc_bars(table: pd.DataFrame, title: str = "AUROC per detector and OOD set"):
+    """Bars of AUROC per detector label (x) and OOD set (hue) from long-table rows, chance level dotted."""
+    import seaborn as sns
+
+    t = table[table["ood_set"] != "average"]
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * t["detector_label"].nunique()), 4))
+    sns.barplot(data=t, x="detector_label", y="auroc", hue="ood_set", ax=ax)
+    ax.axhline(50, color="k", lw=0.8, ls=":")
+    ax.set_ylim(max(0, t["auroc"].min() - 10), 100)
+    ax.set_xlabel(""), ax.set_ylabel("AUROC (%)")
+    ax.tick_params(axis="x", rotation=40)
+    for lab in ax.get_xticklabels():
+        lab.set_ha("right")
+    ax.set_title(title)
+    return fig
+
+
+def familiar_bars(table: pd.DataFrame, labels: Sequence[str]):
+    """Familiar-OOD experiment: per experiment (rows) and model (control / familiar, columns) the AUROC of the
+    ``labels`` detectors on the seen and the unseen classes, with bootstrap intervals."""
+    steps = list(dict.fromkeys(table["step"]))
+    x = np.arange(len(labels))
+    fig, axes = plt.subplots(len(steps), 2, figsize=(12, 3.8 * len(steps)), sharey=True, squeeze=False)
+    for r, step in enumerate(steps):
+        for c, method in enumerate(["control", "familiar"]):
+            ax = axes[r, c]
+            d = table[(table.step == step) & (table.method == method)]
+            for j, part in enumerate(["seen", "unseen"]):
+                e = d[d.ood_set.str.endswith(f"-{part}")].set_index("detector_label").loc[list(labels)]
+                ax.bar(x + (j - 0.5) * 0.38, e.auroc, 0.38, label=f"{part} classes",
+                       yerr=[e.auroc - e.auroc_lo, e.auroc_hi - e.auroc], capsize=2)
+            ax.axhline(50, color="k", lw=0.8, ls=":")
+            ax.set_xticks(x, list(labels) if r == len(steps) - 1 else [], rotation=35, ha="right")
+            ax.set_title(f"{step}: {method} ({d.id_acc.dropna().iloc[0]:.0f}% zero-shot)", fontsize=10)
+        axes[r, 0].set_ylabel("AUROC (%) vs ID test")
+    axes[0, 1].legend(fontsize=8)
+    fig.suptitle("Familiar OOD: OOD classes seen in pretraining vs unseen (95% bootstrap intervals)")
+    fig.tight_layout()
+    return fig
+
+
+def family_scatter(summary: pd.DataFrame, fits: pd.DataFrame, pairings: Mapping[str, tuple[str, str]], title: str):
+    """ID accuracy (x) vs mean AUROC (y) of every family member, one panel per pairing, with the fitted line."""
+    fig, axes = plt.subplots(1, len(pairings), figsize=(5 * len(pairings), 4.2), squeeze=False)
+    for ax, (p, (x, y)) in zip(axes[0], pairings.items()):
+        f = fits.set_index("pairing").loc[p]
+        ax.scatter(summary[x], summary[y], s=40, zorder=3)
+        for _, r in summary.iterrows():
+            name = r["model"] if len(r["model"]) <= 28 else "…" + r["model"][-27:]
+            ax.annotate(name, (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        xs = np.linspace(summary[x].min(), summary[x].max(), 50)
+        ax.plot(xs, f.slope * xs + f.intercept, "k--", lw=1)
+        ax.set_xlabel(x.replace("acc: ", "ID accuracy (%): ")), ax.set_ylabel(y.replace("AUROC: ", "mean AUROC (%): "))
+        ax.set_title(f"{p}: $R^2$ = {f.r2:.2f} (n = {int(f.n)})", fontsize=10)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def what_moves(trainable: pd.DataFrame, drift: pd.DataFrame):
+    """Left: trainable numbers per adaptation method (log scale); right: fine-tuning's relative weight change per
+    image-tower block and shots setting."""
+    import seaborn as sns
+
+    drift = drift.assign(group=drift["group"].str.replace("transformer.resblocks.", "block "))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 2]})
+    sns.barplot(data=trainable, x="method", y="trainable", ax=axes[0], color="C0")
+    axes[0].set_yscale("log"), axes[0].set_ylabel("trainable numbers"), axes[0].set_xlabel("")
+    plt.setp(axes[0].get_xticklabels(), rotation=20, ha="right")
+    sns.barplot(data=drift, x="group", y="relative change", hue="shots", ax=axes[1])
+    plt.setp(axes[1].get_xticklabels(), rotation=40, ha="right")
+    axes[1].set_xlabel("image-tower part"), axes[1].set_title("fine-tuning: relative weight change")
+    fig.suptitle("Which weights move")
+    return fig
+
+
+def accuracy_vs_auroc(summary: pd.DataFrame):
+    """Mean ID accuracy vs mean AUROC (± one std over seeds) per method and detector (one colour) and shots
+    setting (one marker), from :func:`helpers.tables.seed_summary` rows of the OOD average."""
+    d = summary.assign(curve=summary["method"] + " · " + summary["detector_label"])
+    markers = {"0": "*", "1": "o", "16": "s", "full": "D"}
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    for i, (curve, g) in enumerate(d.groupby("curve", sort=False)):
+        ax.errorbar(g.id_acc_mean, g.auroc_mean, xerr=g.id_acc_std, yerr=g.auroc_std, fmt="none", ecolor=f"C{i}",
+                    alpha=0.5)
+        for j, (_, r) in enumerate(g.iterrows()):
+            ax.scatter(r.id_acc_mean, r.auroc_mean, color=f"C{i}", marker=markers.get(r.shots, "o"),
+                       s=220 if r.shots == "0" else 70, edgecolor="k", linewidth=0.5, label=curve if j == 0 else None)
+        ax.plot(g.id_acc_mean, g.auroc_mean, color=f"C{i}", alpha=0.4)
+    names = {"0": "no training images", "1": "1 per class", "16": "16 per class", "full": "all training images"}
+    for k, mk in markers.items():
+        ax.scatter([], [], marker=mk, color="gray", label=names[k])
+    ax.set_xlabel("ID accuracy (%)"), ax.set_ylabel("AUROC (%), average over OOD sets")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("ID accuracy vs OOD detection, per method and number of shots")
+    return fig
+
+
+def auroc_per_set(long: pd.DataFrame, curves: Sequence[tuple[str, str]], shots: Sequence[str]):
+    """AUROC per OOD set (panels) against the shots setting for each (method, detector label) curve (mean ± std
+    over seeds); the dashed line is the first curve's zero-shot value."""
+    import seaborn as sns
+
+    keep = pd.DataFrame(list(curves), columns=["method", "detector_label"])
+    d = long.merge(keep)
+    d = d[d.ood_set != "average"].assign(curve=lambda x: x.method + " · " + x.detector_label)
+    grid = sns.catplot(data=d[d.shots != "0"], x="shots", y="auroc", hue="curve", col="ood_set", kind="point",
+                       errorbar="sd", dodge=0.3, height=3.2, aspect=0.9, order=list(shots))
+    zero = d[d.shots == "0"].set_index("ood_set")["auroc"]
+    for ax, name in zip(grid.axes.flat, dict.fromkeys(d.ood_set)):
+        if name in zero:
+            ax.axhline(float(np.atleast_1d(zero[name])[0]), color="k", ls="--", lw=1)
+    grid.set_titles("{col_name}"), grid.set_axis_labels("shots per class", "AUROC (%)")
+    grid.figure.suptitle("AUROC per OOD set (dashed: zero-shot)", y=1.03)
+    return grid.figure
