@@ -52,9 +52,12 @@ def _source_hash(obj) -> str:
 
 def code_hash(*objects) -> str:
     """Hash (16 hex digits) of the source code of ``objects`` (functions, classes or modules), ignoring
-    docstrings, comments and formatting. Put it into a cache key to tie the cache to the code that fills it."""
-    return sha256_json([f"{getattr(o, '__module__', '')}.{getattr(o, '__qualname__', getattr(o, '__name__', ''))}"
-                        f":{_source_hash(o)}" for o in objects])[:16]
+    docstrings, comments and formatting. Put it into a cache key to tie the cache to the code that fills it.
+
+    Only the source counts, not where it was imported from: a module run as ``python -m`` is ``__main__``
+    there and ``helpers...`` elsewhere, and both must find the same cache."""
+    return sha256_json([f"{getattr(o, '__qualname__', getattr(o, '__name__', ''))}:{_source_hash(o)}"
+                        for o in objects])[:16]
 
 
 def slug(text: str) -> str:

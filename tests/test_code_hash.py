@@ -24,9 +24,22 @@ def test_code_hash_ignores_docstrings_and_comments_but_not_code(tmp_path, monkey
     c = make('def f(x):\n    return x + 2\n', "mod_c")
     import helpers.cache as cache
 
-    # the same code with other docs and comments hashes alike (the module's name is part of code_hash on purpose)
+    # the same code with other docs and comments hashes alike, wherever it was imported from
+    assert code_hash(a) == code_hash(b) != code_hash(c) and len(code_hash(a)) == 16
     assert cache._source_hash(a) == cache._source_hash(b) != cache._source_hash(c)
-    assert len(code_hash(a)) == 16 and code_hash(a) != code_hash(c)
+
+
+def test_pocket_key_is_the_same_when_the_module_runs_as_main(tmp_path):
+    """`python -m helpers.models.pocket` (the Makefile's model step) must find the checkpoint the notebooks use:
+    run as a script its functions live in __main__, which must not change the cache key."""
+    import subprocess
+    import sys
+
+    from helpers.models.pocket import get_config, pocket_dir
+
+    out = subprocess.run([sys.executable, "-m", "helpers.models.pocket", "--config", "tiny-100", "--where"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[-1] == str(pocket_dir(get_config("tiny-100")))
 
 
 def test_cached_tensors_round_trip_and_rebuild_on_damage(tmp_cache):

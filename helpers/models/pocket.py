@@ -432,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint exists")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields (experiments)")
+    p.add_argument("--where", action="store_true", help="print the checkpoint folder it uses, train nothing")
     args = p.parse_args(argv)
     cfg = get_config(args.config)
     for kv in args.set:
@@ -442,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         cur = getattr(cfg, k)
         val = (v.lower() in ("1", "true", "yes")) if isinstance(cur, bool) else type(cur)(v) if cur is not None else v
         cfg = dataclasses.replace(cfg, **{k: val})
+    if args.where:
+        print(pocket_dir(cfg))
+        return 0
     try:
         arch, ckpt, info = pocket_checkpoint(cfg, device=args.device, force=args.force)
     except ClipOODError as e:
