@@ -4,6 +4,7 @@ split, as cached features."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,6 +87,23 @@ def _kinds(f: Features) -> tuple[str, ...]:
     return tuple(k for k in ("image", "preproj", "local") if getattr(f, k) is not None)
 
 
+def warn_unknown_classes(loaded: LoadedModel, class_names: list[str]) -> list[str]:
+    """A pocket CLIP only knows the class names of its pretraining captions: warn (and return them) when ID
+    classes are outside them, because its zero-shot classifier is then near chance for those classes."""
+    known = loaded.info.get("class_names")
+    if not known:
+        return []  # a published CLIP: an open vocabulary
+    unknown = [c for c in class_names if c not in set(known)]
+    if unknown:
+        warnings.warn(f"{loaded.name} was pretrained on captions of {len(known)} classes ({', '.join(known[:10])}"
+                      f"{', ...' if len(known) > 10 else ''}); {len(unknown)} of the {len(class_names)} ID classes are "
+                      f"unknown to its text tower ({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}), "
+                      f"so its zero-shot classifier (and MCM, NegLabel, PLP's pseudo-labels) will be near chance "
+                      f"({100 / len(class_names):.0f}%) for them. Fix: a published CLIP (--set "
+                      f"model=ViT-B-16/openai) or ID classes it knows", stacklevel=3)
+    return unknown
+
+
 def _as_list(name: str, value) -> list:
     if isinstance(value, str):
         raise TypeError(f"{name} must be a list of dataset names or folders, not the string {value!r}. In a "
@@ -116,6 +134,7 @@ def load_benchmark(model: str | LoadedModel, id_dataset: str | ImageFolderDatase
         return get_dataset(d, max_per_class=cap, on_error=on_error)
 
     id_ds = dataset(id_dataset, max_per_class)
+    warn_unknown_classes(loaded, id_ds.class_names)
     datasets = {id_ds.name: id_ds}
     for d in _as_list("ood_datasets", ood_datasets):
         ds = dataset(d, ood_max_per_class)

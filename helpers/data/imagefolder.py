@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ClassNameMismatchError, CorruptImageError, EmptyClassError
+from ..errors import ClassNameMismatchError, CorruptImageError, EmptyClassError, clause
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -151,10 +151,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         except DECODE_ERRORS as e:
             if self.on_error == "skip":
                 return None
-            raise CorruptImageError(
-                f"Cannot decode image {path} (dataset {self.name!r}, index {i}): {e}. "
-                f"Fix: replace or delete the file, or pass on_error='skip' to skip it and record its path."
-            ) from e
+            raise self._decode_error(path, i, e) from e
+
+    def _decode_error(self, path: Path, i: int, e: Exception) -> CorruptImageError:
+        return CorruptImageError(
+            f"Cannot decode image {path} (dataset {self.name!r}, index {i}): {clause(e)}. Fix: replace or delete "
+            f"the file, or skip undecodable images and record their paths: on_error='skip' (a notebook parameter; "
+            f"`python -m helpers.run --set on_error=skip`).")
 
     def __getitem__(self, i: int):
         img = self.load_rgb(i)
