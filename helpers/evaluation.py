@@ -15,6 +15,8 @@ is accepted, as MCM, GL-MCM, SeTAR, NegLabel, PLP and CMA; ``"ood"``: OpenOOD's)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,8 +27,9 @@ import pandas as pd
 
 from . import detectors as det
 from .benchmark import Benchmark
-from .io import atomic_path
+from .io import atomic_path, write_json
 from .metrics import accuracy, ood_report
+from .paths import cache_dir
 
 COLUMNS = ["notebook", "step", "model", "model_id", "method", "shots", "seed", "detector", "detector_label", "params",
            "id_set", "ood_set", "n_id", "n_ood", "auroc", "auroc_lo", "auroc_hi", "fpr95", "fpr95_lo", "fpr95_hi",
@@ -84,7 +87,7 @@ def evaluate(detectors: Iterable, bench: Benchmark, *, results_dir: str | Path |
         z = d.predict_logits(bench.id)
         acc = 100 * accuracy(z, bench.id.labels) if z is not None else np.nan
         for ood_name, f in bench.ood.items():
-            m = ood_report(scores[label][bench.id_name], scores[label][ood_name], n_boot=n_boot, seed=0,
+            m = metrics_of(scores[label][bench.id_name], scores[label][ood_name], n_boot=n_boot,
                            fpr_positive=fpr_positive, fpr_method=fpr_method)
             rows.append({"notebook": notebook if notebook is not None else notebook_of(results_dir), "step": step,
                          "model": bench.model.name, "model_id": bench.model.model_id, "method": method,
@@ -96,6 +99,26 @@ def evaluate(detectors: Iterable, bench: Benchmark, *, results_dir: str | Path |
     if results_dir is not None:
         upsert(table, results_dir)
     return Evaluation(table, scores, fitted, bench.id_name, method, str(shots), int(seed))
+
+
+def metrics_of(s_id: np.ndarray, s_ood: np.ndarray, **conventions) -> dict:
+    """:func:`helpers.metrics.ood_report` (bootstrap seed 0), cached by the scores' bytes, the conventions and the
+    metrics code: a warm re-run does not redo the bootstrap of scores it has seen."""
+    from . import metrics
+    from .cache import code_hash
+
+    h = hashlib.sha256(np.ascontiguousarray(s_id, np.float64).tobytes())
+    h.update(np.ascontiguousarray(s_ood, np.float64).tobytes())
+    h.update(json.dumps([conventions, code_hash(metrics.ood_report, metrics.ood_metrics, metrics.bootstrap_ci,
+                                                  metrics.bootstrap_counts, metrics.weighted_auroc_fpr)],
+                        sort_keys=True).encode())
+    path = cache_dir() / "metrics" / f"{h.hexdigest()[:32]}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        row = ood_report(s_id, s_ood, seed=0, **conventions)
+        write_json(path, row)
+        return row
 
 
 def read_table(results_dir: str | Path) -> pd.DataFrame:

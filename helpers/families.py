@@ -28,7 +28,6 @@ config; the base config itself is the control (same architecture, schedule and s
 from __future__ import annotations
 
 import dataclasses
-import gc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -137,7 +136,6 @@ def evaluate_family(members: list[FamilyMember], detectors: Sequence, *, id_data
                                   **kwargs).table)
         loaded.model.to("cpu")  # keep for provenance, release accelerator memory
         models.append(loaded)
-        gc.collect()
     return pd.concat(tables, ignore_index=True), models
 
 

@@ -328,3 +328,47 @@ def auroc_per_set(long: pd.DataFrame, curves: Sequence[tuple[str, str]], shots: 
     grid.set_titles("{col_name}"), grid.set_axis_labels("shots per class", "AUROC (%)")
     grid.figure.suptitle("AUROC per OOD set (dashed: zero-shot)", y=1.03)
     return grid.figure
+
+
+def ratio_heatmap(table: pd.DataFrame):
+    """SeTAR's selected ratios: one row per search (e.g. split seed), one column per (tower, block)."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * table.shape[1]), 0.6 * len(table) + 1.6))
+    sns.heatmap(table.to_numpy(float), annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=0.4, cbar_kws={"label": "ratio"},
+                xticklabels=list(table.columns), yticklabels=[f"split seed {i}" for i in table.index], ax=ax)
+    ax.set_xlabel("tower and block (search order: left to right)")
+    ax.set_title("Selected ratio of the smallest singular components removed, per block")
+    return fig
+
+
+def search_steps(log: pd.DataFrame):
+    """SeTAR's search: every candidate's objective (dots, per ratio) and the running best (line), per step."""
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    steps = log.groupby("step", sort=True)
+    x = log["step"] + (log["ratio"] - log["ratio"].mean()) * 0.8
+    sc = ax.scatter(x, log["loss"], c=log["ratio"], cmap="viridis", s=18)
+    ax.plot(list(steps.groups), np.minimum.accumulate(steps["loss"].min().to_numpy()), "k-", lw=1.2,
+            label="running best")
+    names = steps.first()
+    ax.set_xticks(list(steps.groups), [f"{t}\n{b}" for t, b in zip(names["tower"], names["block"])], fontsize=8)
+    ax.set_xlabel("search step (tower, block)"), ax.set_ylabel("objective (lower is better)")
+    fig.colorbar(sc, ax=ax, label="ratio")
+    ax.legend(fontsize=8)
+    ax.set_title("SeTAR's greedy search: each candidate's objective")
+    return fig
+
+
+def spectrum(singular_values: np.ndarray, dropped: int, title: str):
+    """Singular values (descending) of a weight matrix, the ``dropped`` smallest marked, with the share of the
+    energy (sum of squares) they carry."""
+    s = np.asarray(singular_values)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    keep = len(s) - dropped
+    ax.plot(np.arange(keep), s[:keep], color="C0", label="kept")
+    ax.plot(np.arange(keep, len(s)), s[keep:], color="C3", lw=2.5,
+            label=f"removed: {dropped} of {len(s)} ({100 * (s[keep:] ** 2).sum() / (s ** 2).sum():.1f}% of the energy)")
+    ax.set_xlabel("component (largest first)"), ax.set_ylabel("singular value"), ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return fig

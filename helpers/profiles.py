@@ -35,6 +35,8 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                "family_probe_max_per_class": 20},
         "04": {"n_boot": 20, "claim_n_boot": 50, "train_max_per_class": 20, "seeds": [1, 2], "eval_max_images": 200,
                "probe_epochs": 20, "ft_epochs": {"1": 2, "16": 1, "full": 1}, "coop_epochs": {"1": 5, "16": 2, "full": 2}},
+        "05": {"n_boot": 20, "eval_max_images": 100, "search_per_class": 3, "split_seeds": [0, 1],
+               "ratios": [0.0, 0.1, 0.2], "ft_epochs": 1, "ft_batch_size": 15, "lora_r": 4, "lora_alpha": 2},
     },
     "teaching": {},
     "paper": {
@@ -46,6 +48,8 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
         "04": {"n_boot": 1000, "train_dataset": "imagenet-train", "shots": [1, 16], "eval_max_images": None,
                "ft_epochs": {"1": 100, "16": 100}, "ft_batch_size": 256, "ft_lr": 2.5e-4, "ft_mixup": 0.8,
                "ft_cutmix": 1.0, "ft_augment": False, "coop_epochs": {"1": 50, "16": 50}, "locoop_top_k": 200},
+        "05": {"n_boot": 1000, "eval_max_images": None, "search_dataset": "imagenet-train", "search_per_class": 1,
+               "setar_top_k": 300, "time_naive_search": False, "use_published_edit": True, "compare_published": True},
     },
 }
 

@@ -274,3 +274,22 @@ def test_a_new_detector_is_usable_by_name_from_a_notebook_parameter(require_data
     rows = t[(t.step == "main") & (t.detector_label == "margin (T=1)")]
     assert len(rows) == 4 and rows.auroc.between(0, 100).all() and rows.id_acc.notna().all()
     assert set(t[t.step == "main"].detector_label) == {"MCM (T=1)", "margin (T=1)"}
+
+
+def test_metrics_are_cached_by_the_scores(tmp_cache, monkeypatch):
+    import helpers.evaluation as ev
+    from helpers.metrics import ood_report
+
+    rng = np.random.default_rng(0)
+    s_id, s_ood = rng.normal(1, 1, 300), rng.normal(0, 1, 200)
+    first = ev.metrics_of(s_id, s_ood, n_boot=30, fpr_positive="id", fpr_method="nearest")
+    assert first == pytest.approx(ood_report(s_id, s_ood, n_boot=30, seed=0))
+    def recomputed(*a, **k):
+        raise RuntimeError("recomputed a cached row")
+
+    monkeypatch.setattr(ev, "ood_report", recomputed)
+    assert ev.metrics_of(s_id, s_ood, n_boot=30, fpr_positive="id", fpr_method="nearest") == first
+    with pytest.raises(RuntimeError, match="recomputed"):  # other scores or conventions are not served from it
+        ev.metrics_of(s_id, s_ood + 1e-9, n_boot=30, fpr_positive="id", fpr_method="nearest")
+    with pytest.raises(RuntimeError, match="recomputed"):
+        ev.metrics_of(s_id, s_ood, n_boot=30, fpr_positive="ood", fpr_method="nearest")

@@ -14,10 +14,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ClassNameMismatchError, CorruptImageError, EmptyClassError, clause
+from ..io import atomic_path
+from ..paths import cache_dir
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
+_CONTENT: dict[str, str] = {}  # content fingerprints already computed, by file-list fingerprint
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -69,11 +72,13 @@ def scan_imagefolder(root: Path, exclude: Collection[str] = ()) -> tuple[list[st
     for label, d in enumerate(dirs):
         n_before = len(samples)
         for dirpath, _, files in sorted(os.walk(d, followlinks=True)):
+            rel = os.path.relpath(dirpath, root)  # once per folder: relpath per file costs seconds on 50k files
             for f in sorted(files):
+                path = f if rel == "." else os.path.join(rel, f)
                 if f.lower().endswith(IMG_EXTENSIONS):
-                    samples.append((os.path.relpath(os.path.join(dirpath, f), root), label))
+                    samples.append((path, label))
                 elif not f.startswith("."):
-                    others.append(os.path.relpath(os.path.join(dirpath, f), root))
+                    others.append(path)
         if len(samples) == n_before and d != root:
             empty.append(classes[label])
     if empty:
@@ -179,20 +184,38 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         """Hash of what determines the content: file paths, sizes, modification times, labels, classes."""
         h = hashlib.sha256()
         h.update(("\x1f".join(self.classes) + "\x1e" + "\x1f".join(self.class_names)).encode())
+        root = str(self.root)
         for s in self.samples:
-            st = (self.root / s.path).stat()
+            st = os.stat(os.path.join(root, s.path))
             h.update(f"{s.path}\t{s.label}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
 
     def content_fingerprint(self) -> str:
         """Like :meth:`fingerprint` but hashing every file's *bytes* instead of its size and modification time:
-        a copied folder (``cp -r``) keeps it. Slower (reads every file); used for long trainings' cache keys."""
-        h = hashlib.sha256()
-        h.update(("\x1f".join(self.classes) + "\x1e" + "\x1f".join(self.class_names)).encode())
-        for s in self.samples:
-            h.update(f"{s.path}\t{s.label}\t".encode())
-            h.update(hashlib.sha256((self.root / s.path).read_bytes()).digest())
-        return h.hexdigest()
+        a copied folder (``cp -r``) keeps it. Used for long trainings' cache keys. Reading every file takes a
+        while, so the result is remembered (in memory and under ``<cache>/fingerprints/``) for the exact file list,
+        sizes and modification times it was computed for; any change to those reads the bytes again."""
+        stamp = self.fingerprint()
+        if stamp in _CONTENT:
+            return _CONTENT[stamp]
+        memo = cache_dir() / "fingerprints" / f"{stamp[:40]}.txt"
+        try:
+            value = memo.read_text().strip()
+            if len(value) != 64:
+                raise ValueError(memo)
+        except (OSError, ValueError):
+            h = hashlib.sha256()
+            h.update(("\x1f".join(self.classes) + "\x1e" + "\x1f".join(self.class_names)).encode())
+            root = str(self.root)
+            for s in self.samples:
+                h.update(f"{s.path}\t{s.label}\t".encode())
+                with open(os.path.join(root, s.path), "rb") as f:
+                    h.update(hashlib.sha256(f.read()).digest())
+            value = h.hexdigest()
+            with atomic_path(memo) as tmp:
+                tmp.write_text(value + "\n")
+        _CONTENT[stamp] = value
+        return value
 
     def __repr__(self) -> str:
         return f"ImageFolderDataset({self.name!r}, {len(self)} images, {len(self.classes)} classes, root={self.root})"

@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import re
@@ -326,11 +327,15 @@ def training_code_hash() -> str:
 def pocket_dir(cfg: PocketConfig, data_dir=None) -> Path:
     """The cache folder of ``cfg``'s checkpoint. Its key hashes the image *content* (not file times), so a copied
     cache or data folder is still recognised."""
-    fps = []
-    for src in cfg.pretrain:
-        fps.append([src.dataset, src.classes, src.max_per_class, src.seed,
-                    get_dataset(src.dataset, data_dir=data_dir).content_fingerprint()])
+    fps = [[src.dataset, src.classes, src.max_per_class, src.seed, _content_of(src.dataset, data_dir)]
+           for src in cfg.pretrain]
     return cache_dir() / "models" / "pocket" / f"{cfg.name}-{cfg.key(fps)}"
+
+
+@functools.lru_cache(maxsize=64)
+def _content_of(dataset: str, data_dir) -> str:
+    """A dataset's content fingerprint, once per process (a model family loads many checkpoints of one run)."""
+    return get_dataset(dataset, data_dir=data_dir).content_fingerprint()
 
 
 CHECKSUMS = "checksums.json"

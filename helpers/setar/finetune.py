@@ -1,0 +1,160 @@
+r"""SeTAR+FT and the LoRA baseline: low-rank updates of the MLP up-projections, trained with SeTAR's objective.
+
+SeTAR+FT (``X1AOX1A/SeTAR`` ``finetune.py`` with its modified LoRA in ``src/peft/.../modified_lora``): after the
+search, every edited matrix $W' = W - B_0 A_0$ gets a trainable low-rank term initialised with exactly the
+components the edit dropped, $B_0 = U_{minor} \Sigma_{minor}^{1/2}$, $A_0 = \Sigma_{minor}^{1/2} V_{minor}^\top$,
+without LoRA's scaling, so training starts from the original weights: $W' + B_0 A_0 = W$. The LoRA baseline
+(Hu et al., ICLR 2022) adds $\frac{\alpha}{r} B A$ to every ``mlp.c_fc`` of both towers, $B = 0$ and $A$
+Kaiming-uniform at the start (r = 32, α = 16 published). Both are trained with the search objective
+(:func:`helpers.setar.search.objective`): SGD, momentum 0.9, weight decay 5e-4, cosine schedule per step, lr 0.01,
+batch 100, 5 epochs on the 1-shot split (published). The trained update is merged into the weights and the result
+is a derived model (:func:`helpers.models.derive`); trained weights are cached by their configuration.
+
+The updates are :mod:`torch.nn.utils.parametrize` parametrisations (``W ← W + s·B A``) registered on a derived
+copy of the model, so the base model is never modified and no module is rewritten by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+from ..cache import cached_tensors, code_hash
+from ..features import encode_images
+from ..finetune.coop import locoop_entropy
+from ..io import sha256_json
+from ..models import LoadedModel, derive
+from .edit import TOWERS, n_blocks, param_name, svd_of
+
+
+class LowRankDelta(nn.Module):
+    """The parametrisation ``W ↦ W + scale · B @ A`` (B (d_out, r), A (r, d_in) trainable)."""
+
+    def __init__(self, b: torch.Tensor, a: torch.Tensor, scale: float):
+        super().__init__()
+        self.b, self.a, self.scale = nn.Parameter(b.float().clone()), nn.Parameter(a.float().clone()), scale
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + self.scale * (self.b @ self.a).to(w.dtype)
+
+
+def setar_factors(loaded: LoadedModel, edit: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """SeTAR+FT's start: for each edited matrix the dropped components as ``(B, A, scale=1)``."""
+    out = {}
+    for (tower, block), ratio in edit.items():
+        if ratio:
+            b, a = svd_of(loaded.model, tower, block).minor(ratio)
+            out[param_name(tower, block)] = (b, a, 1.0)
+    return out
+
+
+def lora_factors(loaded: LoadedModel, r: int = 32, alpha: float = 16, seed: int = 0) -> dict:
+    """LoRA's start on every ``mlp.c_fc`` of both towers: ``B = 0``, ``A`` Kaiming-uniform (``a = √5``, as LoRA)."""
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(loaded.model.named_parameters())
+    out = {}
+    for tower in TOWERS:
+        for block in range(n_blocks(loaded.model, tower)):
+            name = param_name(tower, block)
+            d_out, d_in = params[name].shape
+            bound = math.sqrt(6 / ((1 + 5) * d_in))  # kaiming_uniform_(a=sqrt(5)) with fan_in = d_in
+            a = (torch.rand(r, d_in, generator=gen) * 2 - 1) * bound
+            out[name] = (torch.zeros(d_out, r), a, alpha / r)
+    return out
+
+
+def with_updates(base: LoadedModel, factors: dict) -> tuple[nn.Module, list[nn.Parameter]]:
+    """A structural copy of ``base``'s model (its tensors shared, not copied) with a :class:`LowRankDelta` on each
+    named weight; the trainable factors."""
+    model = derive(base, "trainable").model
+    trainable = []
+    for name, (b, a, scale) in factors.items():
+        owner, _, attr = name.rpartition(".")
+        delta = LowRankDelta(b, a, scale)
+        parametrize.register_parametrization(model.get_submodule(owner), attr, delta)
+        trainable += [delta.b, delta.a]
+    return model, trainable
+
+
+def merged(model: nn.Module, names) -> dict[str, torch.Tensor]:
+    """The current values of the parametrised weights ``names`` (base + update), detached."""
+    return {n: getattr(model.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]).detach().clone()
+            for n in names}
+
+
+@contextlib.contextmanager
+def _only_training(model: nn.Module, trainable: list[nn.Parameter]):
+    """Gradients for ``trainable`` only, for the block; the flags of the (shared) base tensors are restored."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def train_updates(base: LoadedModel, factors: dict, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor,
+                  *, epochs: int = 5, batch_size: int = 100, lr: float = 0.01, momentum: float = 0.9,
+                  weight_decay: float = 5e-4, lam: float = 0.1, top_k: int = 3, seed: int = 1,
+                  scale: float | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Train the low-rank updates ``factors`` on ``base`` with the search objective; the merged weights and the
+    training log (one row per epoch)."""
+    model, trainable = with_updates(base, factors)
+    scale = scale or min(float(base.model.logit_scale.exp()), 100.0)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    per_epoch = max(1, math.ceil(len(labels) / batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * per_epoch)
+    log = []
+    model.eval()  # no dropout; the updates still train
+    with _only_training(model, trainable):
+        for epoch in range(epochs):
+            log.append(_epoch(model, opt, sched, gen, images, labels, tokens, batch_size, scale, lam, top_k, epoch))
+    return merged(model, list(factors)), log
+
+
+def _epoch(model, opt, sched, gen, images, labels, tokens, batch_size, scale, lam, top_k, epoch) -> dict:
+    """One pass over the images in a seeded order; the epoch's mean loss, CE and OOD-patch entropy."""
+    perm, sums, batches = torch.randperm(len(labels), generator=gen), np.zeros(3), 0
+    for i in range(0, len(labels), batch_size):
+        idx = perm[i:i + batch_size]
+        f = encode_images(model.visual, images[idx], ("image", "local"))
+        text = F.normalize(model.encode_text(tokens).float(), dim=-1)
+        ce = F.cross_entropy(scale * f["image"] @ text.T, labels[idx])
+        ent = locoop_entropy(scale * f["local"] @ text.T, labels[idx], top_k)
+        loss = ce - lam * ent
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        sums, batches = sums + [loss.item(), ce.item(), ent.item()], batches + 1
+    return {"epoch": epoch, "lr": opt.param_groups[0]["lr"], **dict(zip(["loss", "ce", "entropy"], sums / batches))}
+
+
+def finetuned_model(base: LoadedModel, parent: LoadedModel, factors: dict, tag: str, images, labels, tokens,
+                    use_cache: bool = True, **train) -> tuple[LoadedModel, list[dict]]:
+    """:func:`train_updates` on ``base`` (the SeTAR-edited model, or the plain model for LoRA), cached by the
+    base, the starting factors, the data and the settings; the result derived from ``parent`` (the unedited
+    model), so its id names the merged weights."""
+    key = {"base": base.model_id, "factors": {n: sha256_json(np.round(torch.cat([b.flatten(), a.flatten()]).double()
+                                                                      .numpy(), 8).tolist()) + f"x{s}"
+                                              for n, (b, a, s) in factors.items()},
+           "data": sha256_json([images.shape, float(images.double().sum()), labels.tolist(), tokens.tolist()]),
+           **train, "code": code_hash(train_updates, with_updates, LowRankDelta, merged, locoop_entropy)}
+
+    def build():
+        weights, log = train_updates(base, factors, images, labels, tokens, **train)
+        return weights, {"log": log}
+
+    weights, info, _ = cached_tensors("setar", f"{tag}-{base.model_id}", key, build, use_cache=use_cache)
+    return derive(parent, tag, weights=dict(weights), info={tag: train}), info["log"]
