@@ -78,6 +78,17 @@ def test_fast_search_makes_the_naive_searchs_choices(smoke_model, split):
         assert naive.edit.get((tower, block), 0.0) == chosen
 
 
+def test_a_cached_search_returns_the_fresh_searchs_log(smoke_model, split, tmp_cache):
+    import pandas as pd
+
+    fresh = setar.run_search(smoke_model, split, ratios=(0.0, 0.2), top_k=3)
+    cached = setar.run_search(smoke_model, split, ratios=(0.0, 0.2), top_k=3)
+    assert cached.edit == fresh.edit and cached.seconds == fresh.seconds  # read back, not re-run
+    # the same table, columns in the same order: the notebook writes it to search_log.csv
+    pd.testing.assert_frame_equal(cached.log, fresh.log)
+    assert list(fresh.log.columns)[:4] == ["step", "tower", "block", "ratio"]
+
+
 def test_one_block_greedy_is_exhaustive(smoke_model, split, monkeypatch):
     """Searching a single block, the greedy choice is the argmin of the objective over all ratios, evaluated here by
     brute force on freshly edited models (or 0 when no ratio beats the unedited model)."""
