@@ -165,10 +165,21 @@ def claims_table(evaluations: Sequence[Evaluation], claims: Sequence[tuple[str, 
     return pd.DataFrame(rows)
 
 
+def find_label(table: pd.DataFrame, detector: str, **params) -> str | None:
+    """The label of the first detector named ``detector`` in ``table`` whose parameters include ``params``
+    (e.g. ``find_label(t, "gl_mcm", lam=1.0)``); None when the table has none. Labels show non-default
+    parameters, so look them up rather than spelling them out."""
+    rows = table[table["detector"] == detector]
+    for label, p in zip(rows["detector_label"], rows["params"].map(json.loads)):
+        if all(p.get(k) == v for k, v in params.items()):
+            return label
+    return None
+
+
 def published_comparison(table: pd.DataFrame, published: pd.DataFrame, labels: dict[str, str],
                          mos: Sequence[str] = ("inaturalist", "sun", "places", "textures")) -> pd.DataFrame:
     """Published FPR95 / AUROC (``published``: method, source, ood, fpr95, auroc) beside ours: ``labels`` maps a
-    published method name to our detector label. Our ``average`` is over the four MOS sets, as published, and
+    published method name to our detector label (see :func:`find_label`; None leaves the method out). Our ``average`` is over the four MOS sets, as published, and
     only when all four were evaluated."""
     ours = average_ood(table[table["detector_label"].isin(labels.values())], ood_sets=list(mos))
     ours = ours[ours["ood_set"].isin([*mos, "average"])]

@@ -106,6 +106,22 @@ def test_with_params_reads_the_params_column(toy):
     assert sorted(set(t["T"])) == [0.1, 2.0]
 
 
+def test_published_comparison_finds_our_rows_by_name_and_params(toy):
+    bench, _ = toy
+    t = evaluate([{"name": "mcm", "T": 0.01}, {"name": "mcm", "T": 1.0, "prompts": "plp5"}, "mcm"], bench, n_boot=0).table
+    assert tables.find_label(t, "mcm", T=1.0, prompts="single") == "MCM (T=1)"
+    assert tables.find_label(t, "mcm", T=1.0) == "MCM (T=1, prompts=plp5)"  # the first match, in table order
+    assert tables.find_label(t, "neglabel") is None
+    published = pd.DataFrame([{"method": m, "source": "paper", "ood": o, "fpr95": 50.0, "auroc": 90.0}
+                              for m in ("MCM", "NegLabel") for o in ("far", "near")])
+    labels = {"MCM": tables.find_label(t, "mcm", T=1.0, prompts="single"), "NegLabel": tables.find_label(t, "neglabel")}
+    c = tables.published_comparison(t, published, labels, mos=("far", "near")).set_index("ood")
+    assert list(c["method"]) == ["MCM", "MCM"]  # a method we did not run is left out, not a row of NaN
+    ours = t[t.detector_label == "MCM (T=1)"].set_index("ood_set")
+    assert c.loc["near", "auroc ours"] == pytest.approx(ours.loc["near", "auroc"])
+    assert c.loc["near", "Δ AUROC"] == pytest.approx(ours.loc["near", "auroc"] - 90.0)
+
+
 def test_weighted_bootstrap_equals_explicit_resamples():
     from helpers.metrics import weighted_auroc_fpr
 
