@@ -39,7 +39,10 @@ def save_table(df: pd.DataFrame, name: str, results_dir: str | Path, decimals: i
     with atomic_path(csv) as tmp:
         rounded.to_csv(tmp, index=index, float_format=f"%.{decimals}f")
     with atomic_path(out / f"{name}.md") as tmp:
-        tmp.write_text(rounded.to_markdown(index=index, floatfmt=f".{decimals}f") + "\n")
+        # per column: tabulate turns a row of ints and floats into floats, so integer columns ask for no decimals
+        cols = ([rounded.index] if index else []) + [rounded[c] for c in rounded.columns]
+        fmt = [".0f" if pd.api.types.is_integer_dtype(c) else f".{decimals}f" for c in cols]
+        tmp.write_text(rounded.to_markdown(index=index, floatfmt=fmt) + "\n")
     return csv
 
 
