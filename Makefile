@@ -3,7 +3,7 @@
 # MIRROR may also come from the environment variable CLIPOOD_MIRROR.
 PYTHON  ?= python3
 PROFILE ?= teaching
-POCKET  ?= small
+POCKET  ?= small small-learned
 MIRROR  ?= $(CLIPOOD_MIRROR)
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -28,7 +28,7 @@ data: env
 	$(PY) -m helpers.data import $(if $(MIRROR),--mirror $(MIRROR),)
 
 model: data
-	$(PY) -m helpers.models.pocket --config $(POCKET)
+	for c in $(POCKET); do $(PY) -m helpers.models.pocket --config $$c || exit 1; done
 
 notebooks: model wordnet
 	$(PY) -m helpers.run --profile $(PROFILE)

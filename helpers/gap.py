@@ -22,6 +22,7 @@ image·image and text·text cosines well above image·text ones.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 
 def _mean_offdiag(sim: np.ndarray) -> float:
@@ -61,3 +62,39 @@ def gap_measures(image: np.ndarray, labels: np.ndarray, text: np.ndarray, max_po
         "alignment": float(np.mean(np.sum((image - matched) ** 2, 1))),
         "uniformity (images)": uniformity(image, max_points=max_points, seed=seed),
     }
+
+
+def gap_by_set(sets: dict, text: np.ndarray, id_name: str, max_points: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """:func:`gap_measures` for each feature set of ``sets`` ({name: :class:`helpers.features.Features`}) against
+    the class prompts ``text`` (C, D). The ID set ``id_name`` pairs each image with its labelled class; an OOD
+    image has no class, so it is paired with the prompt it is closest to (the class zero-shot assigns it), which
+    is the prompt an OOD detector compares it with."""
+    rows = []
+    for name, f in sets.items():
+        image = np.asarray(f.image, np.float64)
+        labels = f.labels if name == id_name else (image @ np.asarray(text, np.float64).T).argmax(1)
+        rows.append({"set": name, "role": "ID" if name == id_name else "OOD",
+                     **gap_measures(image, labels, text, max_points=max_points, seed=seed)})
+    return pd.DataFrame(rows)
+
+
+def benchmark_gap(bench, prompts: str | list[str] = "single", **kwargs) -> pd.DataFrame:
+    """:func:`gap_by_set` of a :class:`helpers.benchmark.Benchmark` (its model's image features of the ID and OOD
+    sets) against its model's class prompts (a prompt-set name of :mod:`helpers.prompts` or templates), with a
+    ``model`` column."""
+    from .features import text_features
+    from .prompts import get_prompts
+
+    text = text_features(bench.model, bench.class_names, get_prompts(prompts))
+    return gap_by_set(bench.sets(), text, bench.id_name, **kwargs).assign(model=bench.model.name)
+
+
+def projection_inputs(bench, prompts: str | list[str] = "single") -> tuple:
+    """``(ID image (N, D), ID labels, class prompts (C, D), OOD images (M, D))`` of a benchmark, for
+    :func:`helpers.plots.modality_panels`."""
+    from .features import text_features
+    from .prompts import get_prompts
+
+    text = text_features(bench.model, bench.class_names, get_prompts(prompts))
+    ood = np.concatenate([f.image for f in bench.ood.values()]) if bench.ood else bench.id.image[:0]
+    return bench.id.image, bench.id.labels, text, ood

@@ -359,6 +359,22 @@ def search_steps(log: pd.DataFrame):
     return fig
 
 
+def search_time(timing: pd.DataFrame):
+    """Seconds per search (``timing``: search, seconds, candidates), the speed-up over the first row written on
+    each other bar."""
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.7 * len(timing)))
+    ax.barh(timing["search"], timing["seconds"], color=[f"C{i}" for i in range(len(timing))])
+    base = timing["seconds"].iloc[0]
+    for i, (sec, n) in enumerate(zip(timing["seconds"], timing["candidates"])):
+        note = f"{sec:.1f} s, {n} candidates" + (f" ({sec / base:.1f}x the first)" if i else "")
+        ax.text(sec, i, " " + note, va="center", fontsize=8)
+    ax.set_xlim(0, timing["seconds"].max() * 1.6)
+    ax.invert_yaxis()
+    ax.set_xlabel("search time (s)")
+    ax.set_title("The same greedy search, two implementations")
+    return fig
+
+
 def spectrum(singular_values: np.ndarray, dropped: int, title: str):
     """Singular values (descending) of a weight matrix, the ``dropped`` smallest marked, with the share of the
     energy (sum of squares) they carry."""
@@ -371,4 +387,67 @@ def spectrum(singular_values: np.ndarray, dropped: int, title: str):
     ax.set_xlabel("component (largest first)"), ax.set_ylabel("singular value"), ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title(title)
+    return fig
+
+
+def modality_panels(panels: Mapping[str, tuple], class_names: Sequence[str], max_points: int = 1500, seed: int = 0):
+    """One PCA per panel ``{title: (ID image (N, D), ID labels (N,), class prompts (C, D), OOD image (M, D))}``:
+    ID images coloured by class, OOD images grey, prompts as stars, the image and prompt centroids as crosses
+    joined by a line (the gap, as far as two dimensions show it)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5), squeeze=False)
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    rng = np.random.default_rng(seed)
+    for ax, (title, (image, labels, text, ood)) in zip(axes[0], panels.items()):
+        pick = rng.choice(len(image), min(max_points, len(image)), replace=False)
+        pick_ood = rng.choice(len(ood), min(max_points, len(ood)), replace=False)
+        pca = PCA(n_components=2, random_state=0).fit(np.concatenate([image[pick], text]))
+        zi, zo, zt = pca.transform(image[pick]), pca.transform(ood[pick_ood]), pca.transform(text)
+        ax.scatter(*zo.T, s=3, alpha=0.25, color="0.6", label="OOD images")
+        for c, name in enumerate(class_names[:20]):
+            color = cmap(c % cmap.N)
+            ax.scatter(*zi[labels[pick] == c].T, s=3, alpha=0.35, color=color)
+            ax.scatter(*zt[c], s=90, marker="*", color=color, edgecolor="k", linewidth=0.4, label=name)
+        ci, ct = pca.transform(image.mean(0, keepdims=True))[0], pca.transform(text[labels].mean(0, keepdims=True))[0]
+        ax.plot(*np.stack([ci, ct]).T, "k--", lw=1)
+        ax.scatter(*ci, s=140, marker="X", color="k", label="ID image centroid")
+        ax.scatter(*ct, s=140, marker="P", color="k", label="prompt centroid")
+        gap = np.linalg.norm(image.mean(0) - text[labels].mean(0))
+        ax.set_title(f"{title}\ncentroid gap {gap:.3f}", fontsize=10)
+        ax.set_xlabel("PC 1"), ax.set_ylabel("PC 2")
+    axes[0][0].legend(fontsize=7, ncol=5, loc="upper left", bbox_to_anchor=(0, -0.12))
+    return fig
+
+
+def gap_vs_lambda(gaps: pd.DataFrame, measures=("centroid gap", "image·own prompt")):
+    """``gaps``: rows with model, lam (NaN = zero-shot), role (ID / OOD) and the gap measures (averaged over seeds
+    and OOD sets); one panel per measure, one line per model and role over λ on a symmetric-log axis (λ = 0
+    included), the zero-shot value as a thin horizontal line of the same colour."""
+    fig, axes = plt.subplots(1, len(measures), figsize=(6 * len(measures), 4), squeeze=False)
+    tuned = gaps[gaps["lam"].notna()].groupby(["model", "role", "lam"], as_index=False)[list(measures)].mean()
+    zero = gaps[gaps["lam"].isna()].groupby(["model", "role"])[list(measures)].mean()
+    color = {model: f"C{i}" for i, model in enumerate(dict.fromkeys(gaps["model"]))}
+    for ax, m in zip(axes[0], measures):
+        for (model, role), g in tuned.groupby(["model", "role"]):
+            ls = "-" if role == "ID" else ":"
+            ax.plot(g["lam"], g[m], marker="o", ls=ls, color=color[model], label=f"{model}, {role}")
+            if (model, role) in zero.index:
+                ax.axhline(zero.loc[(model, role), m], color=color[model], ls=ls, lw=0.8, alpha=0.5)
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_xlim(-2e-4, tuned["lam"].max() * 1.5 if len(tuned) else 1)
+        ax.set_xlabel("λ (CMA's weight; 0 = plain fine-tuning)"), ax.set_ylabel(m)
+        ax.set_title(f"{m} vs λ (thin lines: zero-shot)")
+    axes[0][0].legend(fontsize=8)
+    return fig
+
+
+def auroc_vs_gap(points: pd.DataFrame, x: str = "centroid gap", y: str = "auroc", label: str = "run"):
+    """One dot per run (``points``: ``label``, model, ``x`` = its ID gap, ``y`` = its mean AUROC), per model."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, (model, g) in enumerate(points.groupby("model")):
+        ax.scatter(g[x], g[y], color=f"C{i}", label=model)
+        for _, r in g.iterrows():
+            ax.annotate(str(r[label]), (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"ID {x} (lower = images closer to their prompts)"), ax.set_ylabel(f"mean {y.upper()} over OOD sets")
+    ax.set_title("Does closing the gap help OOD detection?")
+    ax.legend(fontsize=8)
     return fig

@@ -37,6 +37,10 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                "probe_epochs": 20, "ft_epochs": {"1": 2, "16": 1, "full": 1}, "coop_epochs": {"1": 5, "16": 2, "full": 2}},
         "05": {"n_boot": 20, "eval_max_images": 100, "search_per_class": 3, "split_seeds": [0, 1],
                "ratios": [0.0, 0.1, 0.2], "ft_epochs": 1, "ft_batch_size": 15, "lora_r": 4, "lora_alpha": 2},
+        "06": {"n_boot": 20, "eval_max_images": 60, "sweep_models": ["pocket:tiny-100-fixed"], "train_per_class": 6,
+               "lambdas": [0.0, 0.1], "sweep_lambdas": [0.0, 0.1], "claim_lambdas": [0.0, 0.1], "seeds": [0, 1],
+               "epochs": 2, "ft_batch_size": 20,
+               "neglabel_max_words": 300},
     },
     "teaching": {},
     "paper": {
@@ -50,6 +54,9 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                "ft_cutmix": 1.0, "ft_augment": False, "coop_epochs": {"1": 50, "16": 50}, "locoop_top_k": 200},
         "05": {"n_boot": 1000, "eval_max_images": None, "search_dataset": "imagenet-train", "search_per_class": 1,
                "setar_top_k": 300, "time_naive_search": False, "use_published_edit": True, "compare_published": True},
+        "06": {"n_boot": 1000, "eval_max_images": None, "sweep_models": [], "train_dataset": "imagenet-train",
+               "train_per_class": None, "lambdas": [0.0, 0.001], "claim_lambdas": [0.0, 0.001], "epochs": 10,
+               "ft_batch_size": 512, "lr": 1e-5, "warmup": 500, "neglabel_max_words": None},
     },
 }
 

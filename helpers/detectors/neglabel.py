@@ -156,14 +156,24 @@ class NegativeLabels:
                              "adjectives least like any ID class": (adjs + [""] * n)[:n]})
 
 
+_ENCODED: dict = {}  # the last few candidate encodings in this process (two NegLabel variants on one model)
+
+
 def _encode(loaded, words: list[str], template: str, width: int, batch_size: int, progress: bool,
             desc: str) -> np.ndarray:
     from tqdm.auto import tqdm
 
-    step = 5 * batch_size  # progress in slices; candidate embeddings are not cached one by one (too many)
+    memo = (loaded.text_id, loaded.checkpoint_sha256, template, sha256_json(words))
+    if memo in _ENCODED:
+        return _ENCODED[memo]
+    step = 5 * batch_size  # progress in slices; candidate embeddings are not cached on disk (too many)
     parts = [text_features(loaded, words[i:i + step], [template], batch_size=batch_size, use_cache=False)
              for i in tqdm(range(0, len(words), step), desc=desc, disable=not progress, mininterval=2)]
-    return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
+    out = np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
+    while len(_ENCODED) >= 2:  # nouns and adjectives of one model; WordNet: 70k words x the width each
+        _ENCODED.pop(next(iter(_ENCODED)))
+    _ENCODED[memo] = out
+    return out
 
 
 def mine_negative_labels(loaded, class_names: list[str], vocabulary, *, id_templates=("the nice {}",),
