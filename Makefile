@@ -3,7 +3,7 @@
 # MIRROR may also come from the environment variable CLIPOOD_MIRROR.
 PYTHON  ?= python3
 PROFILE ?= teaching
-POCKET  ?= small small-learned
+POCKET  ?= small
 MIRROR  ?= $(CLIPOOD_MIRROR)
 VENV    := .venv
 PY      := $(VENV)/bin/python

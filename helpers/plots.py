@@ -451,3 +451,49 @@ def auroc_vs_gap(points: pd.DataFrame, x: str = "centroid gap", y: str = "auroc"
     ax.set_title("Does closing the gap help OOD detection?")
     ax.legend(fontsize=8)
     return fig
+
+
+def attack_grid(rows: Mapping[str, Sequence[np.ndarray]], n: int = 6, magnify: float = 10.0):
+    """Image rows ``{title: [images (N, 3, H, W) in [0, 1]]}`` of the first ``n`` pairs; a row whose title
+    starts with "δ" is shown as ``0.5 + magnify · δ``."""
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.7 * len(rows)), squeeze=False)
+    for r, (title, images) in enumerate(rows.items()):
+        for c in range(n):
+            img = np.asarray(images[c], np.float32).transpose(1, 2, 0)
+            if title.startswith("δ"):
+                img = 0.5 + magnify * img
+            axes[r][c].imshow(np.clip(img, 0, 1))
+            axes[r][c].set_xticks([]), axes[r][c].set_yticks([])
+        axes[r][0].set_ylabel(title, fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle(f"Source OOD images, their manipulated versions, the perturbation (×{magnify:g}) and the ID targets")
+    return fig
+
+
+def attack_curves(histories: Mapping[str, pd.DataFrame], aurocs: pd.DataFrame | None = None):
+    """Left: mean cosine to the target feature after each step, per attack; right (``aurocs``: attack, step,
+    detector_label, auroc): AUROC of each detector against the number of steps."""
+    fig, axes = plt.subplots(1, 2 if aurocs is not None else 1, figsize=(12 if aurocs is not None else 6, 4),
+                             squeeze=False)
+    for name, h in histories.items():
+        axes[0][0].plot(h["step"], h["cos to target"], label=name)
+    axes[0][0].set_xlabel("step"), axes[0][0].set_ylabel("cos(f(x+δ), f(target))"), axes[0][0].legend(fontsize=8)
+    axes[0][0].set_title("The attack pulls the OOD image's feature to its ID target")
+    if aurocs is not None:
+        for (attack, label), g in aurocs.groupby(["attack", "detector_label"], sort=False):
+            axes[0][1].plot(g["step"], g["auroc"], marker="o", ls="-" if attack.startswith("smooth") else "--",
+                            label=f"{label}, {attack}")
+        axes[0][1].axhline(50, color="k", lw=0.8, ls=":")
+        axes[0][1].set_xlabel("attack steps"), axes[0][1].set_ylabel("AUROC (ID vs manipulated OOD)")
+        axes[0][1].legend(fontsize=7), axes[0][1].set_title("Detection gets harder with every step")
+    return fig
+
+
+def auroc_vs_eps(table: pd.DataFrame):
+    """AUROC (``table``: eps, detector_label, auroc) against the L∞ bound of the perturbation."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, g in table.groupby("detector_label", sort=False):
+        ax.plot(g["eps"] * 255, g["auroc"], marker="o", label=label)
+    ax.axhline(50, color="k", lw=0.8, ls=":")
+    ax.set_xlabel("ε (L∞ bound, in 1/255 steps)"), ax.set_ylabel("AUROC (ID vs manipulated OOD)")
+    ax.set_title("A bounded attack (extension)"), ax.legend(fontsize=8)
+    return fig

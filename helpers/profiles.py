@@ -41,6 +41,8 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                "lambdas": [0.0, 0.1], "sweep_lambdas": [0.0, 0.1], "claim_lambdas": [0.0, 0.1], "seeds": [0, 1],
                "epochs": 2, "ft_batch_size": 20,
                "neglabel_max_words": 300},
+        "07": {"n_boot": 20, "eval_max_images": 100, "source_dataset": "dtd10", "n_pairs": 8, "steps": 6,
+               "step_snapshots": [3], "attack_batch": 8, "eps_grid": [8 / 255], "eps_steps": 3},
     },
     "teaching": {},
     "paper": {
@@ -57,6 +59,9 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
         "06": {"n_boot": 1000, "eval_max_images": None, "sweep_models": [], "train_dataset": "imagenet-train",
                "train_per_class": None, "lambdas": [0.0, 0.001], "claim_lambdas": [0.0, 0.001], "epochs": 10,
                "ft_batch_size": 512, "lr": 1e-5, "warmup": 500, "neglabel_max_words": None},
+        "07": {"n_boot": 1000, "eval_max_images": None, "bank_dataset": "imagenet-train", "n_pairs": 1000,
+               "source_dataset": "textures", "ood_datasets": ["inaturalist", "sun", "places", "textures"],
+               "steps": 250, "step_snapshots": [25, 50, 100], "attack_batch": 16, "eps_grid": []},
     },
 }
 

@@ -1,0 +1,251 @@
+r"""Feature-space adversarial OOD images: an OOD image nudged until the frozen image encoder sees an ID image.
+
+PLP (Adaloglou et al., TMLR 2024, ``HHU-MMBS/plp-official-tmlr2024``
+``notebooks/clip-ood-adversarial-examples.ipynb``) shows that feature-based OOD detectors can be fooled with
+imperceptible changes. For a source OOD image $x \in [0, 1]^{3 \times H \times W}$ and a target ID image
+$x_t$ (from the ID training images that the feature-space detectors keep as their memory bank), a perturbation
+$\delta$ minimises
+
+.. math::
+
+    \mathcal L(\delta) = -\cos\big(f(n(x + \delta)),\ f(n(x_t))\big) + \lambda\,\mathrm{TV}^2(\delta),
+    \qquad \mathrm{TV}^2(\delta) = \overline{(\partial_y \delta)^2} + \overline{(\partial_x \delta)^2},
+
+with $f$ the frozen image encoder, $n$ the model's normalisation applied *after* $\delta$, and the finite
+differences zero-padded at the last row / column (torchmetrics' ``image_gradients``, which PLP uses, so each mean
+divides by $H \cdot W$). $\delta$ starts at $10^{-3}\,\mathcal N(0, 1)$; after every Adam step (lr $10^{-3}$,
+250 steps, batch 16) $x + \delta$ is clamped to $[0, 1]$. $\lambda = 5\cdot10^3$ gives "smooth" perturbations,
+$\lambda = 0$ "patchy" ones; there is no $\epsilon$-ball. Published pairs: 1,000 (CIFAR-10 test source,
+CIFAR-100 train target) pairs drawn with seed 0, ViT-bigG-14.
+
+Extensions here, off by default: ``eps`` bounds $\lVert\delta\rVert_\infty$, and :func:`score_attack` ascends a
+detector's own score (differentiable since the detectors are torch) instead of a target's feature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .features import Features, encode_images
+from .models import LoadedModel
+
+SMOOTH, PATCHY = 5e3, 0.0  # published λ
+
+
+def tv2(delta: torch.Tensor) -> torch.Tensor:
+    """PLP's smoothness penalty of ``delta`` (B, C, H, W): mean squared vertical plus mean squared horizontal
+    finite difference, each zero-padded to the full size (so divided by ``B·C·H·W``)."""
+    dy = delta[..., 1:, :] - delta[..., :-1, :]
+    dx = delta[..., :, 1:] - delta[..., :, :-1]
+    return (dy.square().sum() + dx.square().sum()) / delta.numel()
+
+
+def attack_loss(adv: torch.Tensor, target: torch.Tensor, delta: torch.Tensor, lam: float) -> torch.Tensor:
+    """``−mean cos(adv, target) + lam · tv2(delta)`` for features (B, D) and the perturbation (B, C, H, W)."""
+    return -F.cosine_similarity(adv, target, dim=-1).mean() + lam * tv2(delta)
+
+
+def _normalizer(loaded: LoadedModel):
+    from .finetune.full import _normalize_of
+
+    norm = _normalize_of(loaded.preprocess)
+    mean = torch.tensor(norm.mean, device=loaded.device).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std, device=loaded.device).view(1, 3, 1, 1)
+    return lambda x: (x - mean) / std
+
+
+def embed(loaded: LoadedModel, x01: torch.Tensor, feature: str = "image") -> torch.Tensor:
+    """The ``feature`` (``"image"``: the normalised CLIP embedding; ``"preproj"``) of images in [0, 1]
+    (B, 3, H, W) at the model's input size, differentiable in ``x01``."""
+    return encode_images(loaded.model.visual, _normalizer(loaded)(x01.to(loaded.device)), (feature,))[feature]
+
+
+@dataclass
+class Attack:
+    """Manipulated images (N, 3, H, W) in [0, 1] (``snapshots[step]`` after that many steps, the last one is
+    ``images``), the mean cosine to the targets after every step, and the settings."""
+
+    images: torch.Tensor
+    snapshots: dict = field(default_factory=dict)
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    settings: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _frozen(module: torch.nn.Module):
+    """``module``'s parameters get no gradient inside the block; their flags are restored after it."""
+    flags = [p.requires_grad for p in module.parameters()]
+    try:
+        for p in module.parameters():
+            p.requires_grad_(False)
+        yield module
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def _perturb(x: torch.Tensor, loss_of, *, steps: int, lr: float, init: float, eps: float | None,
+             gen: torch.Generator, after_step=None) -> torch.Tensor:
+    """Adam on a perturbation δ of images ``x`` in [0, 1]: δ starts at ``init``·N(0, 1), ``loss_of(δ, step)`` is
+    minimised, and after every step x + δ is clamped to [0, 1] (and δ to [−ε, ε] when ``eps``);
+    ``after_step(step, x + δ)`` sees the images after each step. Returns x + δ."""
+    delta = (init * torch.randn(x.shape, generator=gen)).to(x.device)
+    delta = torch.maximum(torch.minimum(delta, 1 - x), -x).requires_grad_()
+    opt = torch.optim.Adam([delta], lr=lr)
+    for step in range(steps):
+        loss = loss_of(delta, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            if eps is not None:
+                delta.clamp_(-eps, eps)
+            delta.copy_(torch.maximum(torch.minimum(delta, 1 - x), -x))
+        if after_step is not None:
+            after_step(step + 1, (x + delta).detach())
+    return (x + delta).detach()
+
+
+def feature_attack(loaded: LoadedModel, sources: torch.Tensor, targets: torch.Tensor, *, lam: float = SMOOTH,
+                   steps: int = 250, lr: float = 1e-3, init: float = 1e-3, batch_size: int = 16,
+                   eps: float | None = None, feature: str = "image", seed: int = 0, snapshots=(),
+                   progress: bool = False) -> Attack:
+    """PLP's attack (module docstring): move each source image (N, 3, H, W) in [0, 1] towards the feature of
+    its target image. The encoder's weights are not changed and get no gradient. ``snapshots``: steps after which
+    the images are also kept (for AUROC against the number of steps)."""
+    from tqdm.auto import tqdm
+
+    if sources.shape != targets.shape:
+        raise ValueError(f"sources {tuple(sources.shape)} and targets {tuple(targets.shape)} must pair one to one")
+    gen = torch.Generator().manual_seed(seed)
+    keep = {int(s) for s in snapshots if 0 < int(s) < steps}
+    outs, snaps, cos_sum = [], {s: [] for s in sorted(keep)}, np.zeros(steps + 1)
+
+    def cos_of(adv, tgt):
+        return F.cosine_similarity(adv.detach(), tgt, dim=-1).sum().item()
+
+    with _frozen(loaded.model.visual):
+        for i in tqdm(range(0, len(sources), batch_size), desc=f"attack (λ={lam:g})", disable=not progress):
+            x = sources[i:i + batch_size].to(loaded.device, torch.float32)
+            with torch.no_grad():
+                tgt = embed(loaded, targets[i:i + batch_size].float(), feature)
+
+            def loss_of(delta, step, x=x, tgt=tgt):
+                adv = embed(loaded, x + delta, feature)
+                cos_sum[step] += cos_of(adv, tgt)  # the cosine before this step's update
+                return attack_loss(adv, tgt, delta, lam)
+
+            def after_step(step, images):
+                if step in keep:
+                    snaps[step].append(images.cpu())
+
+            adv = _perturb(x, loss_of, steps=steps, lr=lr, init=init, eps=eps, gen=gen, after_step=after_step)
+            with torch.no_grad():
+                cos_sum[steps] += cos_of(embed(loaded, adv, feature), tgt)
+            outs.append(adv.cpu())
+    history = pd.DataFrame({"step": np.arange(steps + 1), "cos to target": cos_sum / len(sources)})
+    settings = {"lam": lam, "steps": steps, "lr": lr, "init": init, "batch_size": batch_size, "eps": eps,
+                "feature": feature, "seed": seed}
+    return Attack(torch.cat(outs), {s: torch.cat(v) for s, v in snaps.items()}, history, settings)
+
+
+def decoded(loaded: LoadedModel, ds) -> torch.Tensor:
+    """A dataset's images (N, 3, H, W) in [0, 1] at the model's input size, resized as its preprocessing does
+    (:func:`helpers.data.arrays.decoded_images`, cached)."""
+    from .data.arrays import decoded_images
+    from .finetune.full import _image_size
+
+    size = _image_size(loaded.model.visual)
+    return torch.from_numpy(decoded_images(ds, size, progress=False)).permute(0, 3, 1, 2).float().div(255)
+
+
+def cached_attack(loaded: LoadedModel, sources, targets, *, use_cache: bool = True, **kwargs) -> Attack:
+    """:func:`feature_attack` on two :class:`helpers.data.ImageFolderDataset` of equal length (decoded at the
+    model's input size, as its preprocessing does), cached by the image tower, both image lists, every setting
+    and the attack code."""
+    from .cache import cached_tensors, code_hash
+    from .data.arrays import decoded_images
+    from .finetune.full import _image_size
+
+    size = _image_size(loaded.model.visual)
+    key = {"model": loaded.image_id, "sources": sources.content_fingerprint(), "targets": targets.content_fingerprint(),
+           "size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items() if k != "progress"},
+           "code": code_hash(feature_attack, _perturb, attack_loss, tv2, embed, _normalizer, encode_images, decoded,
+                             decoded_images)}
+
+    def build():
+        a = feature_attack(loaded, decoded(loaded, sources), decoded(loaded, targets), **kwargs)
+        tensors = {"images": a.images, **{f"snapshot.{k}": v for k, v in a.snapshots.items()}}
+        return tensors, {"history": a.history.to_dict("list"), "settings": a.settings}
+
+    tensors, info, _ = cached_tensors("adversarial", loaded.image_id, key, build, use_cache=use_cache)
+    snaps = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("snapshot.")}
+    history = pd.DataFrame(info["history"], columns=["step", "cos to target"])  # the JSON sorts the keys
+    return Attack(tensors["images"], dict(sorted(snaps.items())), history, info["settings"])
+
+
+def features_of(loaded: LoadedModel, images: torch.Tensor, name: str, kinds=("image",),
+                batch_size: int = 256) -> Features:
+    """:class:`helpers.features.Features` of images in [0, 1] (N, 3, H, W) under ``loaded`` (an OOD set for
+    :func:`helpers.evaluation.evaluate`; labels −1)."""
+    parts: dict[str, list] = {k: [] for k in kinds}
+    norm = _normalizer(loaded)
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            out = encode_images(loaded.model.visual, norm(images[i:i + batch_size].to(loaded.device).float()),
+                                tuple(kinds))
+            for k in kinds:
+                parts[k].append(out[k].cpu().numpy())
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    if "local" in arrays:
+        arrays["local"] = arrays["local"].astype(np.float16)
+    return Features(name, loaded.image_id, np.full(len(images), -1), [f"{name}/{i:05d}" for i in range(len(images))],
+                    [], [], **arrays)
+
+
+def score_attack(loaded: LoadedModel, detector, sources: torch.Tensor, *, steps: int = 250, lr: float = 1e-3,
+                 init: float = 1e-3, batch_size: int = 16, eps: float | None = None, seed: int = 0) -> torch.Tensor:
+    """Our extension: ascend a fitted detector's own score (higher = more ID) on the source images, within the
+    same [0, 1] (and optional ε) constraints; returns the manipulated images. The detector must score the
+    ``image`` feature (MCM, max-logit, energy, kNN on embeddings, Mahalanobis ...)."""
+    gen = torch.Generator().manual_seed(seed)
+    outs = []
+    with _frozen(loaded.model.visual):
+        for i in range(0, len(sources), batch_size):
+            x = sources[i:i + batch_size].to(loaded.device, torch.float32)
+
+            def loss_of(delta, step, x=x):
+                return -detector.score(image=embed(loaded, x + delta, "image").double()).mean()
+
+            outs.append(_perturb(x, loss_of, steps=steps, lr=lr, init=init, eps=eps, gen=gen).cpu())
+    return torch.cat(outs)
+
+
+def with_ood_images(bench, images: dict, kinds=None, keep: bool = False):
+    """``bench`` with ``images`` ({name: (N, 3, H, W) in [0, 1]}) as its OOD sets, encoded by its model (``kinds``:
+    default the ID set's feature kinds), after its own OOD sets when ``keep``; the ID set and the training split
+    are kept."""
+    import dataclasses
+
+    kinds = kinds or tuple(k for k in ("image", "preproj", "local") if getattr(bench.id, k) is not None)
+    new = {name: features_of(bench.model, x, name, kinds) for name, x in images.items()}
+    ood = {**(bench.ood if keep else {}), **new}
+    return dataclasses.replace(bench, ood=ood, datasets={bench.id_name: bench.datasets[bench.id_name]})
+
+
+def pairs(sources, bank, n: int, seed: int = 0):
+    """``n`` (source, target) pairs drawn with ``seed``: a subset of the source OOD dataset, a subset of the
+    memory-bank dataset (the targets) and the targets' row indices in the bank."""
+    rng = np.random.default_rng(seed)
+    if n > min(len(sources), len(bank)):
+        raise ValueError(f"{n} pairs need {n} images in both {sources.name} ({len(sources)}) and {bank.name} "
+                         f"({len(bank)})")
+    src = np.sort(rng.choice(len(sources), n, replace=False))
+    tgt = rng.choice(len(bank), n, replace=False)
+    return sources.subset(src), bank.subset(tgt), tgt
