@@ -245,7 +245,8 @@ def pairs(sources, bank, n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     if n > min(len(sources), len(bank)):
         raise ValueError(f"{n} pairs need {n} images in both {sources.name} ({len(sources)}) and {bank.name} "
-                         f"({len(bank)})")
+                         f"({len(bank)}). Fix: ask for at most {min(len(sources), len(bank))} pairs "
+                         f"(notebook parameter n_pairs) or use a larger dataset")
     src = np.sort(rng.choice(len(sources), n, replace=False))
     tgt = rng.choice(len(bank), n, replace=False)
     return sources.subset(src), bank.subset(tgt), tgt
