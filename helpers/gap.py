@@ -78,23 +78,24 @@ def gap_by_set(sets: dict, text: np.ndarray, id_name: str, max_points: int = 200
     return pd.DataFrame(rows)
 
 
+def _class_text(bench, prompts: str | list[str]) -> np.ndarray:
+    """The normalised class-prompt embeddings (C, D) of a benchmark's model and classes."""
+    from .features import text_features
+    from .prompts import get_prompts
+
+    return text_features(bench.model, bench.class_names, get_prompts(prompts))
+
+
 def benchmark_gap(bench, prompts: str | list[str] = "single", **kwargs) -> pd.DataFrame:
     """:func:`gap_by_set` of a :class:`helpers.benchmark.Benchmark` (its model's image features of the ID and OOD
     sets) against its model's class prompts (a prompt-set name of :mod:`helpers.prompts` or templates), with a
     ``model`` column."""
-    from .features import text_features
-    from .prompts import get_prompts
-
-    text = text_features(bench.model, bench.class_names, get_prompts(prompts))
-    return gap_by_set(bench.sets(), text, bench.id_name, **kwargs).assign(model=bench.model.name)
+    return gap_by_set(bench.sets(), _class_text(bench, prompts), bench.id_name, **kwargs).assign(model=bench.model.name)
 
 
 def projection_inputs(bench, prompts: str | list[str] = "single") -> tuple:
     """``(ID image (N, D), ID labels, class prompts (C, D), OOD images (M, D))`` of a benchmark, for
     :func:`helpers.plots.modality_panels`."""
-    from .features import text_features
-    from .prompts import get_prompts
-
-    text = text_features(bench.model, bench.class_names, get_prompts(prompts))
+    text = _class_text(bench, prompts)
     ood = np.concatenate([f.image for f in bench.ood.values()]) if bench.ood else bench.id.image[:0]
     return bench.id.image, bench.id.labels, text, ood

@@ -179,8 +179,8 @@ def find_label(table: pd.DataFrame, detector: str, **params) -> str | None:
 def published_comparison(table: pd.DataFrame, published: pd.DataFrame, labels: dict[str, str],
                          mos: Sequence[str] = ("inaturalist", "sun", "places", "textures")) -> pd.DataFrame:
     """Published FPR95 / AUROC (``published``: method, source, ood, fpr95, auroc) beside ours: ``labels`` maps a
-    published method name to our detector label (see :func:`find_label`; None leaves the method out). Our ``average`` is over the four MOS sets, as published, and
-    only when all four were evaluated."""
+    published method name to our detector label (see :func:`find_label`; None leaves the method out). Our
+    ``average`` is over the four MOS sets, as published, and only when all four were evaluated."""
     ours = average_ood(table[table["detector_label"].isin(labels.values())], ood_sets=list(mos))
     ours = ours[ours["ood_set"].isin([*mos, "average"])]
     ours = ours.rename(columns={"ood_set": "ood", "detector_label": "label"})[["label", "ood", "fpr95", "auroc"]]
