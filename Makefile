@@ -1,4 +1,4 @@
-# Main job:  make all MIRROR=../shared/data      (environment, data, offline model, notebooks)
+# Main job:  make all MIRROR=../shared/data      (environment, data, offline model, notebooks, course site)
 # Tests:     make test MIRROR=../shared/data
 # MIRROR may also come from the environment variable CLIPOOD_MIRROR.
 PYTHON  ?= python3
@@ -10,9 +10,9 @@ PY      := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export CLIPOOD_MIRROR := $(MIRROR)
 
-.PHONY: all env data model notebooks test lint bench clean-build wordnet
+.PHONY: all env data model notebooks test lint bench clean-build wordnet html browser
 
-all: notebooks
+all: notebooks html
 
 env: $(VENV)/.installed
 
@@ -33,7 +33,7 @@ model: data
 notebooks: model wordnet
 	$(PY) -m helpers.run --profile $(PROFILE)
 
-test: env wordnet
+test: env wordnet browser
 	$(PY) -m helpers.data import $(if $(MIRROR),--mirror $(MIRROR),)
 	$(PY) -m pytest -q
 
@@ -54,6 +54,22 @@ wordnet:
 	  echo "wordnet: apt-get install wordnet-base failed; NegLabel (notebook 02) needs WordNet, see helpers/words.py"; \
 	else echo "wordnet: no WordNet and no apt-get/root here; for NegLabel (notebook 02) run" \
 	  "'$(PY) -m nltk.downloader wordnet' or pass a word list (helpers/words.py)"; fi
+
+# The course site: the executed notebooks of build/$(PROFILE)/ as static pages in build/site/ (no Jupyter needed).
+# Renders what is there; `make notebooks` executes them first.
+html: env
+	$(PY) -m helpers.site --profile $(PROFILE)
+
+# Headless Chromium + chromedriver for tests/test_site.py (skipped without them). Installs Debian's packages where
+# apt-get and root are available; elsewhere only says how.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; } || \
+	  echo "browser: apt-get install chromium chromium-driver failed; tests/test_site.py skips its browser checks"; \
+	else echo "browser: no apt-get/root here; install Chromium and chromedriver as /usr/bin/chromium and" \
+	  "/usr/bin/chromedriver (Debian: 'sudo apt-get install chromium chromium-driver') for tests/test_site.py"; fi
 
 clean-build:
 	rm -rf build

@@ -24,7 +24,6 @@ detector's own score (differentiable since the detectors are torch) instead of a
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 
 from .features import Features, encode_images
 from .models import LoadedModel
+from .torchtools import frozen
 
 SMOOTH, PATCHY = 5e3, 0.0  # published λ
 
@@ -77,19 +77,6 @@ class Attack:
     settings: dict = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def _frozen(module: torch.nn.Module):
-    """``module``'s parameters get no gradient inside the block; their flags are restored after it."""
-    flags = [p.requires_grad for p in module.parameters()]
-    try:
-        for p in module.parameters():
-            p.requires_grad_(False)
-        yield module
-    finally:
-        for p, f in zip(module.parameters(), flags):
-            p.requires_grad_(f)
-
-
 def _perturb(x: torch.Tensor, loss_of, *, steps: int, lr: float, init: float, eps: float | None,
              gen: torch.Generator, after_step=None) -> torch.Tensor:
     """Adam on a perturbation δ of images ``x`` in [0, 1]: δ starts at ``init``·N(0, 1), ``loss_of(δ, step)`` is
@@ -130,7 +117,7 @@ def feature_attack(loaded: LoadedModel, sources: torch.Tensor, targets: torch.Te
     def cos_of(adv, tgt):
         return F.cosine_similarity(adv.detach(), tgt, dim=-1).sum().item()
 
-    with _frozen(loaded.model.visual):
+    with frozen(loaded.model.visual):
         for i in tqdm(range(0, len(sources), batch_size), desc=f"attack (λ={lam:g})", disable=not progress):
             x = sources[i:i + batch_size].to(loaded.device, torch.float32)
             with torch.no_grad():
@@ -216,7 +203,7 @@ def score_attack(loaded: LoadedModel, detector, sources: torch.Tensor, *, steps:
     ``image`` feature (MCM, max-logit, energy, kNN on embeddings, Mahalanobis ...)."""
     gen = torch.Generator().manual_seed(seed)
     outs = []
-    with _frozen(loaded.model.visual):
+    with frozen(loaded.model.visual):
         for i in range(0, len(sources), batch_size):
             x = sources[i:i + batch_size].to(loaded.device, torch.float32)
 

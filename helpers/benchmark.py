@@ -116,13 +116,14 @@ def load_benchmark(model: str | LoadedModel, id_dataset: str | ImageFolderDatase
                    kinds=("image", "preproj"), max_per_class: int | None = None, ood_max_per_class: int | None = None,
                    train_max_per_class: int | None = None, device: str = "cpu", amp: bool = False,
                    batch_size: int = 256, workers: int = 2, interpolation: str | None = None, on_error: str = "fail",
-                   progress: bool = True) -> Benchmark:
+                   decode: str = "auto", progress: bool = True) -> Benchmark:
     """Load ``model`` (spec or :class:`LoadedModel`) and the cached features of the ID, OOD (and ID training) sets.
 
     Datasets are registered names, ImageFolder paths or :class:`ImageFolderDataset` objects.
     ``max_per_class`` / ``ood_max_per_class`` / ``train_max_per_class`` subsample each class (seeded) for the small
     profiles; ``interpolation`` overrides the model's resize interpolation (``"bilinear"`` reproduces MCM's
-    code); ``on_error="skip"`` leaves undecodable images out (and lists them in ``Features.failed``).
+    code); ``on_error="skip"`` leaves undecodable images out (and lists them in ``Features.failed``);
+    ``decode`` is :func:`helpers.features.extract_features`'s (``"auto"``: JPEGs decoded on the GPU under CUDA).
     Two sets with the same name are an error (tables are keyed by it).
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device,
@@ -146,7 +147,7 @@ def load_benchmark(model: str | LoadedModel, id_dataset: str | ImageFolderDatase
 
     def feats(ds):
         return extract_features(loaded, ds, kinds=kinds, batch_size=batch_size, num_workers=workers, amp=amp,
-                                progress=progress)
+                                decode=decode, progress=progress)
 
     out = {name: feats(ds) for name, ds in datasets.items()}
     train = None

@@ -11,7 +11,9 @@ Feature kinds (``kinds=``):
 Cache: ``<cache>/features/<dataset>/<model>/<key>/`` holds one ``.npy`` per array and ``meta.json``. The key
 hashes everything that determines the content: the model's image id and checkpoint hash, the preprocessing
 transform, the dataset's file list (paths, sizes, mtimes, labels), the kinds, the autocast dtype, the bad-image
-policy and a hash of the extraction code (:func:`helpers.cache.code_hash`). ``meta.json`` records the sha256 of
+policy, a hash of the extraction code (:func:`helpers.cache.code_hash`) and, for the tensor decode path
+(:mod:`helpers.decode`, ``decode="tensor"``; the default on CUDA), the JPEG decoder and a hash of that path's code
+(the PIL path's key has no decode field: its caches predate the option). ``meta.json`` records the sha256 of
 every array file; loading checks them (and that no value is NaN/inf), so a damaged or edited cache is detected
 and rebuilt, never served.
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -41,8 +42,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .cache import code_hash, slug
 from .data import ImageFolderDataset, collate_skip, get_dataset
+from .decode import DECODES, decode_code_hash, decode_id, resolve_decode, tensor_loader
 from .errors import ClipOODError, CorruptImageError, NonFiniteError
 from .io import atomic_path, sha256_file, sha256_json, write_json
 from .models import LoadedModel, load_model
@@ -132,12 +135,18 @@ def extraction_code_hash() -> str:
     return code_hash(encode_images, value_path, _check_vit, imagefolder.to_rgb, imagefolder.ImageFolderDataset.load_rgb)
 
 
-def cache_key(loaded: LoadedModel, ds: ImageFolderDataset, kinds: tuple[str, ...], amp: str) -> dict:
-    return {
+def cache_key(loaded: LoadedModel, ds: ImageFolderDataset, kinds: tuple[str, ...], amp: str,
+              decode: str = "pil") -> dict:
+    """The feature-cache key. ``decode`` is the resolved decode path (``"pil"`` or ``"tensor"``); the PIL path's key
+    has no decode field, so caches written before the tensor path existed stay valid."""
+    key = {
         "model_id": loaded.image_id, "checkpoint_sha256": loaded.checkpoint_sha256, "precision": loaded.precision,
         "transform": loaded.transform_id, "dataset": ds.name, "files": ds.fingerprint(), "n_files": len(ds),
         "kinds": sorted(kinds), "autocast": amp, "on_error": ds.on_error, "code": extraction_code_hash(),
     }
+    if decode != "pil":
+        key.update(decode=decode_id(loaded.device), decode_code=decode_code_hash())
+    return key
 
 
 def cache_path(key: dict) -> Path:
@@ -223,21 +232,6 @@ def _discard_other_chunkings(parts: Path, chunk_size: int) -> None:
 
 
 # ------------------------------------------------------------------------------------ extraction
-def _dist_info() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and torch.distributed.is_available() and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("CLIPOOD_DIST_BACKEND") != "gloo" else "gloo"
-        torch.distributed.init_process_group(backend)
-    if world > 1:
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        torch.distributed.barrier()
-
-
 def _check_finite(k: str, v: torch.Tensor, ds: ImageFolderDataset, indices: torch.Tensor, model_id: str) -> None:
     if not torch.isfinite(v).all():
         rows = (~torch.isfinite(v.flatten(1)).all(1)).nonzero().flatten().tolist()
@@ -281,32 +275,38 @@ def extract_features(
     chunk_size: int = 2048,
     use_cache: bool = True,
     progress: bool = True,
+    decode: str = "auto",
 ) -> Features:
     """Image features of ``dataset`` under ``loaded`` (see the module docstring), from the cache when possible.
 
     ``dataset`` is used with the model's own preprocessing (its transform is replaced). Undecodable images
     raise, or with ``dataset.on_error == "skip"`` are left out and listed in ``Features.failed``.
     ``num_workers`` DataLoader processes decode images; ``amp`` runs the model under autocast.
+    ``decode`` (:data:`helpers.decode.DECODES`): ``"pil"`` decodes and preprocesses with PIL and the model's transform;
+    ``"tensor"`` decodes JPEGs with ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA) and preprocesses with torch
+    (:mod:`helpers.decode`; features differ slightly, and are cached separately); ``"auto"`` is ``"tensor"`` on
+    CUDA and ``"pil"`` elsewhere.
     """
     if not kinds or set(kinds) - set(KINDS):
         raise ValueError(f"kinds must be a non-empty subset of {KINDS}, not {kinds}")
     kinds = tuple(k for k in KINDS if k in kinds)
     ds = dataset.with_transform(loaded.preprocess)
     device = loaded.device
-    key = cache_key(loaded, ds, kinds, amp_dtype(device, amp))
+    decode = resolve_decode(decode, device, loaded.preprocess)
+    key = cache_key(loaded, ds, kinds, amp_dtype(device, amp), decode)
     folder = cache_path(key)
     if use_cache and (hit := _load_cached(folder, key)) is not None:
         return hit
 
-    rank, world = _dist_info()
+    rank, world = distributed.init()
     if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = distributed.local_device(device)
         loaded.model.to(device)
     parts = folder / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         _discard_other_chunkings(parts, chunk_size)
-    _barrier(world)
+    distributed.barrier()
     n = len(ds)
     chunks = [(j, range(s, min(s + chunk_size, n))) for j, s in enumerate(range(0, n, chunk_size))]
     todo = [(j, r) for j, r in chunks if j % world == rank and _load_part(_part_path(parts, chunk_size, j), r) is None]
@@ -314,29 +314,38 @@ def extract_features(
     visual = loaded.model.visual
     visual.eval()
     batches = [list(r[i:i + batch_size]) for _, r in todo for i in range(0, len(r), batch_size)]
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=num_workers,
-                                         collate_fn=collate_skip, persistent_workers=False)
+    loader, finish = _loader(ds, batches, num_workers, decode, loaded.preprocess, device)
     it = iter(loader)
+    batches = it if finish is None else map(finish, it)  # the GPU decodes in the main process
     bar = tqdm(total=sum(len(r) for _, r in todo), desc=f"features {ds.name}", disable=not progress or rank != 0,
                mininterval=2)
     try:
         for j, r in todo:
-            arrays = _extract_chunk(visual, it, len(range(0, len(r), batch_size)), kinds, device, amp, ds,
+            arrays = _extract_chunk(visual, batches, len(range(0, len(r), batch_size)), kinds, device, amp, ds,
                                     loaded.model_id, bar)
             done_images += len(arrays["index"])
             _save_part(_part_path(parts, chunk_size, j), arrays)
     finally:
         bar.close()
-        del it  # shuts the DataLoader workers down now, also after an error in one of them
+        del it, batches  # shuts the DataLoader workers down now, also after an error in one of them
     seconds = time.time() - t0
-    _barrier(world)
+    distributed.barrier()
     if rank == 0:
         _merge(folder, key, ds, kinds, [_part_path(parts, chunk_size, j) for j, _ in chunks], seconds, done_images)
-    _barrier(world)
+    distributed.barrier()
     res = _load_cached(folder, key)
     assert res is not None, f"merge of {folder} failed"
     res.meta["from_cache"] = False
     return res
+
+
+def _loader(ds: ImageFolderDataset, batches: list[list[int]], num_workers: int, decode: str, preprocess, device):
+    """The DataLoader of the decode path, and the function that finishes its batches in the main process (None
+    when the workers deliver finished batches)."""
+    if decode == "tensor":
+        return tensor_loader(ds, preprocess, device, batches, num_workers)
+    return torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_skip,
+                                       persistent_workers=False), None
 
 
 def _merge(folder: Path, key: dict, ds: ImageFolderDataset, kinds, part_paths: list[Path], seconds: float, n_new: int):
@@ -437,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true")
     p.add_argument("--on-error", default="fail", choices=["fail", "skip"])
+    p.add_argument("--decode", default="auto", choices=DECODES,
+                   help="pil, tensor (torchvision decode_jpeg; nvJPEG on CUDA) or auto (tensor on CUDA)")
     p.add_argument("--out", help="also save the merged arrays to this .npz (rank 0)")
     args = p.parse_args(argv)
     try:
@@ -451,12 +462,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _extract_cli(args) -> None:
-    loaded = load_model(args.model, device=args.device)
+    distributed.init()  # under torchrun: join the group first, so each rank loads onto its own GPU
+    loaded = load_model(args.model, device=distributed.local_device(args.device))
     for name in args.dataset:
         ds = get_dataset(name, max_per_class=args.max_per_class, on_error=args.on_error)
         feats = extract_features(loaded, ds, kinds=tuple(args.kinds), batch_size=args.batch_size,
-                                 num_workers=args.workers, amp=args.amp, chunk_size=args.chunk_size)
-        if int(os.environ.get("RANK", "0")) == 0:
+                                 num_workers=args.workers, amp=args.amp, chunk_size=args.chunk_size,
+                                 decode=args.decode)
+        if distributed.is_main():
             print(f"{name}: {len(feats)} images, cached={feats.meta['from_cache']}, "
                   f"{feats.meta.get('images_per_second')} img/s")
             if args.out:

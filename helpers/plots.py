@@ -497,3 +497,26 @@ def auroc_vs_eps(table: pd.DataFrame):
     ax.set_xlabel("ε (L∞ bound, in 1/255 steps)"), ax.set_ylabel("AUROC (ID vs manipulated OOD)")
     ax.set_title("A bounded attack (extension)"), ax.legend(fontsize=8)
     return fig
+
+
+def comparison_heatmap(summary: pd.DataFrame, metrics=(("auroc", "AUROC ↑", "viridis"), ("fpr95", "FPR95 ↓", "viridis_r"))):
+    """Notebook 08's main figure: one row per notebook · method · detector (``summary`` from
+    :func:`helpers.summary.main_comparison`), one column per OOD set and the average, one panel per metric."""
+    import seaborn as sns
+
+    from .summary import row_label
+
+    t = summary.assign(row=row_label(summary))
+    rows = list(dict.fromkeys(t["row"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 0.24 * len(rows) + 1.8), sharey=True,
+                             squeeze=False)
+    for ax, (metric, title, cmap) in zip(axes[0], metrics):
+        grid = t.pivot_table(index="row", columns="ood_set", values=metric, aggfunc="first", sort=False).loc[rows]
+        grid = grid[[c for c in grid.columns if c != "average"] + ["average"]]
+        sns.heatmap(grid, annot=True, fmt=".1f", cmap=cmap, annot_kws={"fontsize": 6.5}, ax=ax,
+                    cbar_kws={"label": f"{title} (%)", "shrink": 0.5})
+        ax.set_title(title), ax.set_xlabel("OOD set"), ax.set_ylabel("")
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle("Every detector and adaptation method of the series (mean over seeds)")
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    return fig

@@ -5,6 +5,8 @@
   in JupyterLab runs the teaching profile as it is.
 - ``smoke``    CI: seconds per notebook; the tiny pocket CLIP, a few images per class.
 - ``paper``    GPUs and internet: open_clip pretrained models on the ImageNet-1k protocol.
+- ``laptop``   a laptop CPU *with* internet: the teaching benchmark with a downloaded ``ViT-B-32/openai``, on
+  subsets that keep each notebook within minutes (README: "A laptop with internet").
 
 The runner injects ``COMMON[profile]`` then ``NOTEBOOKS[profile][NN]`` into notebook ``NN``'s parameters cell;
 every key must be a parameter of that notebook (a test checks it), so a profile cannot set a name that the
@@ -19,6 +21,8 @@ COMMON: dict[str, dict] = {
     "smoke": {"profile": "smoke", "model": "pocket:tiny-100", "max_per_class": 12, "ood_max_per_class": 6,
               "batch_size": 64, "workers": 0},
     "teaching": {"profile": "teaching"},
+    "laptop": {"profile": "laptop", "model": "ViT-B-32/openai", "max_per_class": 50, "ood_max_per_class": 25,
+               "batch_size": 64, "workers": 2},
     "paper": {"profile": "paper", "model": "ViT-B-16/openai", "device": "cuda", "amp": True, "id_dataset": PAPER_ID,
               "ood_datasets": list(PAPER_OOD), "workers": 8},
 }
@@ -45,6 +49,22 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                "step_snapshots": [3], "attack_batch": 8, "eps_grid": [8 / 255], "eps_steps": 3},
     },
     "teaching": {},
+    "laptop": {
+        "01": {"projection_points": 500},
+        "02": {"neglabel_max_words": 1000},
+        "03": {"probe_max_per_class": 50, "family_max_per_class": 20, "family_ood_max_per_class": 5,
+               "family_probe_max_per_class": 20,
+               "family": ["ViT-B-32/openai", "ViT-B-32/laion400m_e32", "ViT-B-32/laion2b_s34b_b79k"]},
+        "04": {"train_max_per_class": 16, "shots": [1, 16], "seeds": [1], "eval_max_images": 200,
+               "ft_epochs": {"1": 5, "16": 2}, "ft_batch_size": 32, "coop_epochs": {"1": 20, "16": 5}},
+        "05": {"eval_max_images": 200, "search_per_class": 5, "split_seeds": [0], "ratios": [0.0, 0.1, 0.2],
+               "time_naive_search": False, "ft_epochs": 1},
+        "06": {"eval_max_images": 200, "sweep_models": [], "train_per_class": 10, "lambdas": [0.0, 0.001, 1.0],
+               "claim_lambdas": [0.0, 1.0], "seeds": [0, 1], "epochs": 1, "ft_batch_size": 25,
+               "neglabel_max_words": 500},
+        "07": {"eval_max_images": 200, "n_pairs": 8, "steps": 10, "step_snapshots": [5], "attack_batch": 8,
+               "eps_grid": []},
+    },
     "paper": {
         "01": {"projection_points": 5000},
         "02": {"n_boot": 1000, "neglabel_max_words": None, "compare_published": True},
@@ -59,6 +79,7 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
         "06": {"n_boot": 1000, "eval_max_images": None, "sweep_models": [], "train_dataset": "imagenet-train",
                "train_per_class": None, "lambdas": [0.0, 0.001], "claim_lambdas": [0.0, 0.001], "epochs": 10,
                "ft_batch_size": 512, "lr": 1e-5, "warmup": 500, "neglabel_max_words": None},
+        "08": {"compare_published": True},
         "07": {"n_boot": 1000, "eval_max_images": None, "bank_dataset": "imagenet-train", "n_pairs": 1000,
                "source_dataset": "textures", "ood_datasets": ["inaturalist", "sun", "places", "textures"],
                "steps": 250, "step_snapshots": [25, 50, 100], "attack_batch": 16, "eps_grid": []},
@@ -66,8 +87,13 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
 }
 
 
+# notebooks that only read the others' tables (no model, no data): of COMMON they take the profile's name only
+READ_ONLY = ("08",)
+
+
 def parameters(profile: str, notebook: str) -> dict:
     """Parameters for notebook ``NN`` (its two-digit prefix) under ``profile``."""
     if profile not in COMMON:
         raise KeyError(f"unknown profile {profile!r}; known: {sorted(COMMON)}")
-    return {**COMMON[profile], **NOTEBOOKS[profile].get(notebook, {})}
+    common = {"profile": profile} if notebook in READ_ONLY else COMMON[profile]
+    return {**common, **NOTEBOOKS[profile].get(notebook, {})}

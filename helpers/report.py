@@ -30,8 +30,9 @@ def set_style() -> None:
 
 
 def save_table(df: pd.DataFrame, name: str, results_dir: str | Path, decimals: int = 2,
-               index: bool = False) -> Path:
-    """Write ``df`` to ``<results_dir>/<name>.csv`` and ``.md`` (rounded to ``decimals``); return the CSV path."""
+               index: bool = False, latex: bool = False) -> Path:
+    """Write ``df`` to ``<results_dir>/<name>.csv`` and ``.md`` (rounded to ``decimals``), with ``latex`` also a
+    booktabs ``.tex`` table; return the CSV path."""
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     rounded = df.round(decimals)
@@ -43,17 +44,27 @@ def save_table(df: pd.DataFrame, name: str, results_dir: str | Path, decimals: i
         cols = ([rounded.index] if index else []) + [rounded[c] for c in rounded.columns]
         fmt = [".0f" if pd.api.types.is_integer_dtype(c) else f".{decimals}f" for c in cols]
         tmp.write_text(rounded.to_markdown(index=index, floatfmt=fmt) + "\n")
+    if latex:  # pandas writes \toprule / \midrule / \bottomrule: needs \usepackage{booktabs}
+        with atomic_path(out / f"{name}.tex") as tmp:
+            tmp.write_text(rounded.to_latex(index=index, float_format=f"%.{decimals}f", escape=True))
     return csv
 
 
-def save_figure(fig, name: str, figures_dir: str | Path) -> Path:
-    """Write ``fig`` to ``<figures_dir>/<name>.png`` (no timestamp metadata, so reruns give the same file)."""
+# metadata that would differ between runs (time stamps, library versions) is left out of every format
+_NO_STAMP = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
+
+
+def save_figure(fig, name: str, figures_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> Path:
+    """Write ``fig`` to ``<figures_dir>/<name>.<format>`` for each of ``formats`` (png, pdf), without time stamps,
+    so that reruns give the same files; return the first path."""
     out = Path(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.png"
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    return path
+    paths = []
+    for f in formats:
+        paths.append(out / f"{name}.{f}")
+        with atomic_path(paths[-1], f".{f}") as tmp:
+            fig.savefig(tmp, format=f, metadata=_NO_STAMP.get(f))
+    return paths[0]
 
 
 def _portable(location: str | Path) -> str:

@@ -14,7 +14,8 @@ its tables and figures replace the previous ``NN_topic`` folders, so a failed no
 
 ``<results>/manifest.json`` records the profile, the git commit and whether ``helpers/`` or ``notebooks/`` had
 uncommitted changes when the run started (``git_dirty``), models, dataset checksums and, per notebook, status,
-seconds and overrides. Progress: one line per executed cell (``cell 7/31 done in 1.2 s (12.3 s elapsed)``) and,
+seconds, overrides and the commit it ran at; it is rewritten after every notebook, and a notebook with a parameter
+``results_root`` (08, which only reads the others' tables) receives ``<results>`` there. Progress: one line per executed cell (``cell 7/31 done in 1.2 s (12.3 s elapsed)``) and,
 at most every 30 s, the notebook's latest text progress bar. Errors are one line starting with ``error:``;
 the exit status is 2 for a usage error and 1 for a failed notebook (the run stops there unless ``--keep-going``).
 """
@@ -36,7 +37,7 @@ from pathlib import Path
 from .errors import UsageError, clause
 from .io import write_json
 from .paths import REPO_ROOT, data_dir
-from .profiles import parameters
+from .profiles import COMMON, parameters
 from .report import PROVENANCE
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -279,13 +280,15 @@ def run_notebook(nb: Path, profile: str, build: Path, results: Path, figures: Pa
     own = dict(overrides or {})
     params = {**parameters(profile, stem[:2]), **own,
               "results_dir": str(stage_results), "figures_dir": str(stage_figures)}
+    if "results_root" in parameter_names(nb):  # notebook 08 reads the other notebooks' published tables
+        params["results_root"] = str(results)
 
     def cell_progress(k: int, n: int, failed: bool, cell_s: float, total_s: float) -> None:
         print(f"[run] {stem}: cell {k}/{n} {'failed' if failed else 'done'} in {cell_s:.1f} s "
               f"({total_s:.1f} s elapsed)", flush=True)
 
     t0 = time.time()
-    entry: dict = {"status": "ok", "overrides": own}
+    entry: dict = {"status": "ok", "overrides": own, "git_commit": git_commit(), "git_dirty": git_dirty()}
     try:
         pm.execute_notebook(str(nb), str(build / nb.name), parameters=params, kernel_name=kernel,
                             cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=False,
@@ -319,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 epilog="Example: python -m helpers.run --profile teaching --only 02 "
                        "--set id_dataset=/data/mine/test --set ood_datasets='[\"/data/ood1\", \"/data/ood2\"]' "
                        "--set on_error=skip")
-    p.add_argument("--profile", default="teaching", choices=["smoke", "teaching", "paper"])
+    p.add_argument("--profile", default="teaching", choices=list(COMMON))
     p.add_argument("--only", nargs="*", help="two-digit notebook numbers, e.g. 01 03")
     p.add_argument("--out", help="write results/ and figures/ under this folder instead")
     p.add_argument("--keep-going", action="store_true", help="run the remaining notebooks after a failure")
@@ -357,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         entry = run_notebook(nb, args.profile, build, results, figures, kernel, own)
         models.update(entry.get("provenance", {}).get("models", {}))
         manifest["notebooks"][nb.stem] = entry
+        manifest["total_seconds"] = round(sum(e["seconds"] for e in manifest["notebooks"].values()), 1)
+        write_json(manifest_path, manifest)  # after every notebook: a later one (08) reads the entries
         print(f"[run] {nb.name}: {entry['status']} in {entry['seconds']} s", flush=True)
         if entry["status"] != "ok":
             where = (f"in cell {entry['cell']} (execution count {entry['execution_count']})"

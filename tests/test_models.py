@@ -136,3 +136,14 @@ def test_checkpoint_paths_with_tilde_and_relative(smoke_model, tmp_path, monkeyp
         load_model("pocket-vit-xs/ckpt/x.safetensors")
     assert (f"ckpt/x.safetensors does not exist (a relative path is taken from the current folder, {os.getcwd()}; "
             f"a notebook runs in notebooks/)") in str(e.value)
+
+
+def test_random_spec_options_round_trip_through_the_model_id():
+    from helpers.models import load_model
+
+    m = load_model("ViT-B-16/random-seed3-img32-ctx8")
+    assert m.model_id == "ViT-B-16/random-seed3-img32-ctx8"
+    assert m.model.visual.image_size == (32, 32) and m.model.context_length == 8
+    again = load_model(m.model_id)  # the id is a spec that rebuilds the same weights
+    a, b = m.model.visual.conv1.weight, again.model.visual.conv1.weight
+    assert torch.equal(a, b) and not torch.equal(a, load_model("ViT-B-16/random-seed4-img32-ctx8").model.visual.conv1.weight)

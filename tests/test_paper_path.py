@@ -30,7 +30,7 @@ def _stand_in(folder: Path, source: str, n: int) -> str:
 
 
 @pytest.mark.notebook
-def test_paper_branch_of_notebook_02_on_the_imagenet_sample(require_data, tmp_path, tmp_cache):
+def test_paper_branch_of_notebook_02_on_the_imagenet_sample(require_data, tmp_path, tmp_cache, paper_world):
     import papermill as pm
 
     words = tmp_path / "words.txt"  # a small vocabulary instead of WordNet: the text tower is the slow part
@@ -41,7 +41,7 @@ def test_paper_branch_of_notebook_02_on_the_imagenet_sample(require_data, tmp_pa
            _stand_in(tmp_path / "ood" / "textures", "dtd10", 40), "ninco"]
     paper = parameters("paper", "02")
     assert paper["compare_published"] and paper["neglabel_max_words"] is None and "ninco" in paper["ood_datasets"]
-    params = {**paper, "model": "ViT-B-16/random", "image_size": 32, "context_length": 8, "device": "cpu",
+    params = {**paper, "model": "ViT-B-16/random-img32-ctx8", "device": "cpu",
               "amp": False, "id_dataset": "imagenet-sample", "ood_datasets": ood, "batch_size": 100, "workers": 0,
               "n_boot": 10, "word_source": "list", "word_list": str(words),
               "detectors": [{"name": "mcm", "T": 1.0}, {"name": "mcm", "T": 0.01}, {"name": "max_logit", "T": 0.01},
@@ -50,7 +50,8 @@ def test_paper_branch_of_notebook_02_on_the_imagenet_sample(require_data, tmp_pa
                             {"name": "gl_mcm", "lam": 0.5}, {"name": "gl_mcm", "lam": 1.0},
                             {"name": "neglabel", "T": 0.01, "n_groups": 10}],
               "sensitivity_prompt_sets": ["single"], "temperatures": [0.01, 1.0],
-              "results_dir": str(tmp_path / "results"), "figures_dir": str(tmp_path / "figures")}
+              "results_dir": str(paper_world["root"] / "results" / "02_zero_shot"),  # notebook 08 reads it
+              "figures_dir": str(tmp_path / "figures")}
     out = tmp_path / "02_paper.ipynb"
     pm.execute_notebook(str(NOTEBOOK_DIR / "02_zero_shot.ipynb"), str(out), parameters=params,
                         kernel_name=kernel_name(), cwd=str(NOTEBOOK_DIR), progress_bar=False)
@@ -59,11 +60,12 @@ def test_paper_branch_of_notebook_02_on_the_imagenet_sample(require_data, tmp_pa
     if not (data_dir() / DATASETS["ninco"].root).is_dir():
         assert "optional OOD sets not prepared, left out: ['ninco']" in executed
     assert "ViT-B-16/random-seed0-img32-ctx8" in executed
-    scores = pd.read_csv(tmp_path / "results" / "scores.csv")
+    results = paper_world["root"] / "results" / "02_zero_shot"
+    scores = pd.read_csv(results / "scores.csv")
     assert set(scores["ood_set"]) == {"inaturalist", "textures"}
     assert set(scores["id_set"]) == {"imagenet-sample"} and (scores["n_id"] == 1000).all()
     assert scores["id_acc"].dropna().between(0, 100).all()
-    comparison = pd.read_csv(tmp_path / "results" / "published_comparison.csv")
+    comparison = pd.read_csv(results / "published_comparison.csv")
     assert set(comparison["method"]) == {"MCM", "GL-MCM (λ=1)", "NegLabel"}  # the ViT-B-16 rows only
     mcm_paper = comparison[(comparison["method"] == "MCM") & comparison["source"].str.startswith("MCM paper")]
     row = mcm_paper.set_index("ood").loc["inaturalist"]
@@ -76,3 +78,73 @@ def test_paper_branch_of_notebook_02_on_the_imagenet_sample(require_data, tmp_pa
     # SUN and Places were not evaluated: no number of ours, and no average over the four MOS sets
     assert comparison[comparison["ood"].isin(["sun", "places", "average"])]["auroc ours"].isna().all()
     assert (tmp_path / "figures" / "protocol_sensitivity.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------ every notebook
+# The paper profile of notebooks 01 and 03-08 on the same stand-ins: the profile's parameters, then only what
+# cannot exist here reduced (model, datasets, epochs, steps, pairs). Nothing of the paper code path is skipped
+# except notebook 03's familiar-OOD study, which is the same CIFAR-10 code in every profile (the smoke test runs it).
+RANDOM_B16 = "ViT-B-16/random-img32-ctx8"
+REDUCED = {
+    "01": {"zero_shot_prompts": ["single", "plp5"], "gap_prompts": "plp5"},  # 80 x 1000 prompts: the slow part on a CPU
+    "03": {"probe_dataset": "imagenet-sample", "probe_epochs": 2, "familiar_experiments": {},
+           "family": [RANDOM_B16, "ViT-B-16/random-seed1-img32-ctx8", "ViT-B-16/random-seed2-img32-ctx8"]},
+    # CoOp's prompts "X x n_ctx + class name" need more than 8 tokens: its own random model, with 24
+    "04": {"model": "ViT-B-16/random-img32-ctx24", "coop_n_ctx": 4, "train_dataset": "imagenet-sample", "shots": [1], "seeds": [1], "probe_epochs": 2, "ft_epochs": {"1": 1},
+           "ft_batch_size": 250, "coop_epochs": {"1": 1}, "coop_batch_size": 250},
+    "05": {"search_dataset": "imagenet-sample", "ratios": [0.0, 0.1], "split_seeds": [0], "ft_epochs": 1,
+           "ft_batch_size": 250, "lora_r": 4, "lora_alpha": 2},
+    "06": {"train_dataset": "imagenet-sample", "train_per_class": None, "epochs": 1, "ft_batch_size": 250,
+           "warmup": 1, "seeds": [0]},
+    "07": {"bank_dataset": "imagenet-sample", "n_pairs": 8, "steps": 3, "step_snapshots": [1], "attack_batch": 8},
+    "08": {},
+}
+
+
+@pytest.fixture(scope="module")
+def paper_world(tmp_path_factory, require_data):
+    root = tmp_path_factory.mktemp("paper")
+    names = [line.split("\t")[1].split(",")[0] for line in
+             (data_dir() / DATASETS["tiny-imagenet-val"].root / "classes.tsv").read_text().splitlines()[:150]]
+    words = root / "words.txt"
+    words.write_text("\n".join(names + ["shiny\tadj", "wooden\tadj", "striped\tadj", "frozen\tadj"]) + "\n")
+    ood = {"inaturalist": _stand_in(root / "ood" / "inaturalist", "tiny-imagenet-near", 40),
+           "textures": _stand_in(root / "ood" / "textures", "dtd10", 40)}
+    return {"root": root, "ood": ood, "words": str(words)}
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("nn", sorted(REDUCED))
+def test_paper_profile_code_path_of_every_notebook(nn, paper_world, monkeypatch):
+    import papermill as pm
+
+    from helpers.run import notebooks, parameter_names
+
+    monkeypatch.setenv("CLIPOOD_CACHE", str(paper_world["root"] / "cache"))  # shared by the notebooks of this module
+    nb = notebooks([nn])[0]
+    names = set(parameter_names(nb))
+    results = paper_world["root"] / "results"
+    params = {**parameters("paper", nn), "model": RANDOM_B16, "device": "cpu", "amp": False,
+              "id_dataset": "imagenet-sample", "ood_datasets": list(paper_world["ood"].values()), "workers": 0,
+              "batch_size": 250, "n_boot": 10, "eval_max_images": None, "word_source": "list",
+              "word_list": paper_world["words"], "source_dataset": paper_world["ood"]["textures"],
+              "results_dir": str(results / nb.stem), "figures_dir": str(paper_world["root"] / "figures" / nb.stem),
+              "results_root": str(results), **REDUCED[nn]}
+    params = {k: v for k, v in params.items() if k in names}
+    assert {"profile", "results_dir"} <= set(params)
+    pm.execute_notebook(str(nb), str(paper_world["root"] / nb.name), parameters=params, kernel_name=kernel_name(),
+                        cwd=str(NOTEBOOK_DIR), progress_bar=False)
+    if nn == "08":
+        main = pd.read_csv(results / nb.stem / "main_comparison.csv")
+        assert set(main["model"].str.split("+").str[0]) == {RANDOM_B16}
+        claims = pd.read_csv(results / nb.stem / "published_claims.csv")
+        assert claims["published"].tolist()[:2] == [63.98, 0.92]
+        return
+    scores_path = results / nb.stem / "scores.csv"
+    if scores_path.is_file() or nn != "01":
+        scores = pd.read_csv(scores_path)
+        assert set(scores["id_set"]) == {"imagenet-sample"}
+        assert set(scores["model"].str.split("+").str[0].str.split(" @").str[0]) >= {params["model"]}
+        assert scores["auroc"].between(0, 100).all()
+    if nn == "05":
+        assert (results / nb.stem / "published_comparison.csv").is_file()

@@ -58,6 +58,14 @@ def test_smoke_profile_twice_gives_identical_tables(require_data, tmp_path):
         assert filecmp.cmp(tmp_path / "a" / rel, tmp_path / "b" / rel, shallow=False), f"{rel} differs"
     for nb in notebooks():
         assert list((tmp_path / "a" / "figures" / nb.stem).glob("*.png")), f"{nb.stem} wrote no figure"
+    # notebook 08 summarised *this* run's tables (the runner passes results_root), not the committed ones
+    import pandas as pd
+
+    from helpers.profiles import COMMON
+
+    main_rows = pd.read_csv(tmp_path / "a" / "results" / "08_figures" / "main_comparison.csv")
+    assert set(main_rows["model"].str.split("+").str[0]) == {COMMON["smoke"]["model"]}
+    assert (tmp_path / "a" / "figures" / "08_figures" / "main_comparison.pdf").is_file()
 
 
 def test_manifest_paths_are_repository_relative():

@@ -147,6 +147,8 @@ def test_overrides_are_typed_injected_where_defined_and_recorded(repo, capsys):
     assert (repo / "out" / "figures" / "01_alpha" / "fig.png").read_bytes() == b"png"
     # git provenance: the notebooks were committed and untouched when the run started
     assert manifest["git_commit"] == git(repo, "rev-parse", "HEAD") and manifest["git_dirty"] is False
+    assert all(e["git_commit"] == manifest["git_commit"] and e["git_dirty"] is False
+               for e in manifest["notebooks"].values()), "each notebook records the commit it ran at (notebook 08 reads it)"
     # progress: one line per code cell (the injected-parameters cell included), numbered out of the total
     executed = nbformat.read(repo / "build" / "smoke" / "01_alpha.ipynb", as_version=4)
     n_code = sum(c.cell_type == "code" for c in executed.cells)

@@ -1,10 +1,11 @@
-"""Shared training pieces: the warm-up + cosine schedule and AdamW's weight-decay groups."""
+"""Shared training pieces: the warm-up + cosine schedule, AdamW's weight-decay groups, freezing a module."""
 
 import math
 
+import pytest
 import torch
 
-from helpers.torchtools import adamw_groups, autocast, warmup_cosine
+from helpers.torchtools import adamw_groups, autocast, frozen, warmup_cosine
 
 
 def test_warmup_cosine_follows_the_formula():
@@ -35,3 +36,35 @@ def test_autocast_is_a_no_op_when_disabled():
         assert (x @ x).dtype == torch.float32
     with autocast(torch.device("cpu"), True):
         assert (x @ x).dtype == torch.bfloat16
+
+
+def _flags(params):
+    return [p.requires_grad for p in params]
+
+
+def test_frozen_trains_only_the_given_parameters_and_restores_every_flag():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    model[1].bias.requires_grad_(False)  # a flag that was already off stays off afterwards
+    extra = torch.nn.Parameter(torch.zeros(2))  # trainable, not part of the module
+    extra.requires_grad_(False)
+    before = _flags([*model.parameters(), extra])
+    assert before == [True, True, True, False, False]
+    with frozen(model, [model[0].bias, extra]) as inside:
+        assert inside is model
+        assert _flags([*model.parameters(), extra]) == [False, True, False, False, True]
+        (model(torch.ones(1, 3)).sum() + extra.sum()).backward()
+        assert model[0].weight.grad is None and model[1].weight.grad is None
+        assert model[0].bias.grad is not None and torch.equal(extra.grad, torch.ones(2))
+    assert _flags([*model.parameters(), extra]) == before
+    with frozen(model):
+        assert not any(_flags(model.parameters()))
+    assert _flags([*model.parameters(), extra]) == before
+
+
+def test_frozen_restores_the_flags_after_an_exception():
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(RuntimeError, match="inside"):
+        with frozen(model, [model.bias]):
+            assert _flags(model.parameters()) == [False, True]
+            raise RuntimeError("inside")
+    assert _flags(model.parameters()) == [True, True]

@@ -24,6 +24,11 @@ Published (ImageNet, B/16): $\lambda$ = 0.001, 10 epochs, batch 512, AdamW lr 1e
 500 warm-up steps, ``RandomResizedCrop(224, scale=(0.9, 1))`` bicubic; training prompt "a photo of a {}"
 (their ``--prompt-name``), inference prompt "The nice {}", scored by NegLabel (no grouping, T = 0.01) and MCM.
 Here: the same defaults; the logit scale is not trained (``train_logit_scale``); warm-up and cosine are per step.
+
+Under ``torchrun`` the training is data-parallel (:mod:`helpers.distributed`): every rank draws the global batch and
+its crops' parameters as one process would, encodes its slice's images and prompts, and both embeddings are
+gathered with their gradients (open_clip's ``gather_with_grad=True, local_loss=False``), so the loss is that of
+the global batch and the step equals the single-process step up to float rounding.
 """
 
 from __future__ import annotations
@@ -34,11 +39,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from ..cache import cached_tensors, code_hash
+from .. import distributed
+from ..cache import code_hash
 from ..data import ImageFolderDataset
 from ..data.arrays import decoded_images
 from ..models import LoadedModel, derive
@@ -73,12 +80,26 @@ def contrastive_finetune(loaded: LoadedModel, dataset: ImageFolderDataset, *, la
               "weight_decay": weight_decay, "warmup": warmup, "crop_scale": list(crop_scale),
               "train_logit_scale": train_logit_scale, "amp": amp, "seed": seed}
     key = {"model": loaded.model_id, "images": dataset.content_fingerprint(), "classes": dataset.class_names,
-           "labels": dataset.labels.tolist(), **config, "code": code_hash(_train_both, cma_loss, decoded_images)}
-    tensors, info, hit = cached_tensors("cma", loaded.model_id, key,
-                                        lambda: _train_both(loaded, dataset, progress=progress, **config),
-                                        use_cache=use_cache)
+           "labels": dataset.labels.tolist(), **config,
+           "code": code_hash(_train_both, _Towers, _random_crops, cma_loss, decoded_images)}
+    tensors, info, hit = distributed.cached_tensors("cma", loaded.model_id, key,
+                                                    lambda: _train_both(loaded, dataset, progress=progress, **config),
+                                                    use_cache=use_cache)
     tuned = derive(loaded, "cma", weights=tensors, info={"cma": info["config"]})
     return FineTuned(tuned, info["config"], info["history"], hit)
+
+
+class _Towers(nn.Module):
+    """Both towers of a CLIP as one module for DDP to wrap: normalised embeddings of images (B, 3, H, W) and of
+    tokenised prompts (C, L), in fp32."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (F.normalize(self.model.encode_image(images).float(), dim=-1),
+                F.normalize(self.model.encode_text(tokens).float(), dim=-1))
 
 
 def _train_both(loaded: LoadedModel, dataset: ImageFolderDataset, *, lam, prompt, epochs, batch_size, lr,
@@ -87,14 +108,16 @@ def _train_both(loaded: LoadedModel, dataset: ImageFolderDataset, *, lam, prompt
     n = len(dataset)
     if n < 2:
         raise ValueError(f"dataset {dataset.name!r} has {n} image(s); contrastive fine-tuning needs a batch of 2+")
-    device = loaded.device
+    distributed.init()
+    device = distributed.local_device(loaded.device)
     model = copy.deepcopy(loaded.model).to(device)
     model.logit_scale.requires_grad_(train_logit_scale)
     norm = _normalize_of(loaded.preprocess)
     size = _image_size(model.visual)
     crop = transforms.RandomResizedCrop(size, scale=tuple(crop_scale), antialias=True,
                                         interpolation=transforms.InterpolationMode.BICUBIC)
-    x_all = torch.from_numpy(decoded_images(dataset, size, progress=progress)).permute(0, 3, 1, 2)  # uint8 NCHW
+    with distributed.main_first():  # one rank decodes into the cache, the others read it
+        x_all = torch.from_numpy(decoded_images(dataset, size, progress=progress)).permute(0, 3, 1, 2)  # uint8 NCHW
     y_all = torch.from_numpy(dataset.labels)
     tokens = loaded.tokenizer([prompt.format(c) for c in dataset.class_names]).to(device)
 
@@ -104,21 +127,25 @@ def _train_both(loaded: LoadedModel, dataset: ImageFolderDataset, *, lam, prompt
     total = epochs * per_epoch
     sched = warmup_cosine(opt, total, warm=max(1, min(warmup, total // 10)))
     history = []
+    towers = distributed.wrap(_Towers(model))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # batch order and crops
         model.train()
-        for epoch in tqdm(range(epochs), desc=f"contrastive fine-tune (λ={lam})", disable=not progress):
+        for epoch in tqdm(range(epochs), desc=f"contrastive fine-tune (λ={lam})",
+                          disable=not progress or not distributed.is_main()):
             perm = torch.randperm(n)
             sums = np.zeros(2)
             for b in range(per_epoch):
                 idx = perm[b * batch_size:(b + 1) * batch_size]
-                x = torch.stack([crop(img) for img in x_all[idx]]).float().div(255)
+                start, stop = distributed.shard_bounds(len(idx))
+                x = torch.stack(_random_crops(crop, x_all[idx], start, stop)).float().div(255)
                 x = transforms.functional.normalize(x, norm.mean, norm.std).to(device)
-                y = y_all[idx].to(device)
+                y = y_all[idx[start:stop]].to(device)
                 present, inverse = torch.unique(y, return_inverse=True)
-                with autocast(device, amp):
-                    img = F.normalize(model.encode_image(x).float(), dim=-1)
-                    txt = F.normalize(model.encode_text(tokens[present]).float(), dim=-1)[inverse]
+                with autocast(device, amp):  # this rank's slice; the embeddings of the global batch
+                    img, txt = towers(x, tokens[present])
+                img = distributed.all_gather_with_grad(img)
+                txt = distributed.all_gather_with_grad(txt[inverse])
                 logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
                 loss = cma_loss(logits, lam)
                 opt.zero_grad(set_to_none=True)
@@ -135,6 +162,18 @@ def _train_both(loaded: LoadedModel, dataset: ImageFolderDataset, *, lam, prompt
                        "train_logit_scale": train_logit_scale, "amp": amp, "seed": seed, "steps": total},
             "history": history}
     return tensors, info
+
+
+def _random_crops(crop: transforms.RandomResizedCrop, images: torch.Tensor, start: int, stop: int) -> list:
+    """``crop`` of the images ``start:stop`` of the batch ``images`` (B, 3, H, W), the random crop boxes drawn for
+    the whole batch in order, so the global random stream is the same whichever slice a rank crops."""
+    out = []
+    for i, img in enumerate(images):
+        box = crop.get_params(img, crop.scale, crop.ratio)
+        if start <= i < stop:
+            out.append(transforms.functional.resized_crop(img, *box, crop.size, crop.interpolation,
+                                                           antialias=crop.antialias))
+    return out
 
 
 def method_name(lam: float) -> str:

@@ -42,7 +42,6 @@ logit scale, capped at 100 as CLIP's training caps it (the pocket CLIP's scale i
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -55,6 +54,7 @@ from tqdm.auto import tqdm
 
 from ..cache import cached_tensors, code_hash
 from ..models import LoadedModel, derive
+from ..torchtools import frozen
 
 TEXT_TOWER = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask")
 
@@ -177,19 +177,6 @@ class CoOpPrompts:
         return len(self.ctx)
 
 
-@contextlib.contextmanager
-def _frozen(model: nn.Module):
-    """Turn off gradients of ``model``'s own parameters for the block (no .grad left on the shared model)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-
-
 def train_coop(loaded: LoadedModel, image: np.ndarray, labels: np.ndarray, class_names: list[str], *,
                local: np.ndarray | None = None, n_ctx: int = 16, ctx_init: str | None = None, epochs: int = 50,
                batch_size: int = 32, lr: float = 0.002, momentum: float = 0.9, weight_decay: float = 5e-4,
@@ -232,7 +219,7 @@ def train_coop(loaded: LoadedModel, image: np.ndarray, labels: np.ndarray, class
     per_epoch = max(1, n // batch_size)
     history = []
     model.eval()
-    with _frozen(model):
+    with frozen(model):  # no .grad left on the shared model
         for epoch in tqdm(range(epochs), desc="CoOp" if lam == 0 else "LoCoOp", disable=not progress):
             for group in opt.param_groups:
                 group["lr"] = coop_lr(epoch, epochs=epochs, lr=lr, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr)

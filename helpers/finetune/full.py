@@ -29,6 +29,10 @@ Deviations: warm-up and cosine are per step and decay to 0 (PLP: per epoch, from
 10 cool-down epochs); no model EMA and no repeated augmentation. Training images are decoded once into memory
 with open_clip's bicubic resize and centre crop (:func:`helpers.data.arrays.decoded_images`), which equals the
 model's own preprocessing for bicubic models.
+
+Under ``torchrun`` the training is data-parallel (:mod:`helpers.distributed`): every rank draws the global batch,
+its augmentation and mixing as one process would, encodes its slice, and the logits are gathered with their
+gradients, so the step equals the single-process step (up to float rounding); ``batch_size`` stays the global batch.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ import torch.nn.functional as F
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from ..cache import cached_tensors, code_hash
+from .. import distributed
+from ..cache import code_hash
 from ..data import ImageFolderDataset
 from ..data.arrays import decoded_images
 from ..io import sha256_json
@@ -135,6 +140,17 @@ def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tenso
     return torch.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
 
 
+class _Classifier(nn.Module):
+    """The image tower followed by the head: ``head(visual(x))`` (B, C), one module for DDP to wrap."""
+
+    def __init__(self, visual: nn.Module, head: ZeroShotHead):
+        super().__init__()
+        self.visual, self.head = visual, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.visual(x).float()).float()
+
+
 def finetune_image_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text: np.ndarray, *,
                          epochs: int = 100, batch_size: int = 256, lr: float = 2.5e-4, weight_decay: float = 0.05,
                          warmup: float = 0.05, label_smoothing: float = 0.1, mixup: float = 0.8, cutmix: float = 1.0,
@@ -153,8 +169,8 @@ def finetune_image_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text:
               "head_init": head_init, "amp": amp, "seed": seed}
     key = {"model": loaded.model_id, "images": dataset.content_fingerprint(), "labels": sha256_json(dataset.labels.tolist()),
            "text": sha256_json(np.asarray(text, np.float32).round(6).tolist()), **config,
-           "code": code_hash(_train_tower, ZeroShotHead, mix_batch, _augment, decoded_images)}
-    tensors, info, hit = cached_tensors(
+           "code": code_hash(_train_tower, _Classifier, ZeroShotHead, mix_batch, _augment, decoded_images)}
+    tensors, info, hit = distributed.cached_tensors(
         "finetune", loaded.model_id, key,
         lambda: _train_tower(loaded, dataset, text, progress=progress, **config), use_cache=use_cache)
     visual = copy.deepcopy(loaded.model.visual)
@@ -176,7 +192,8 @@ def _train_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text: np.ndar
         raise ValueError(f"dataset {dataset.name!r} is empty")
     if labels.max() >= c:
         raise ValueError(f"dataset {dataset.name!r} has labels up to {labels.max()} but text has {c} classes")
-    device = loaded.device
+    distributed.init()
+    device = distributed.local_device(loaded.device)
     visual = copy.deepcopy(loaded.model.visual).to(device)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -185,7 +202,8 @@ def _train_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text: np.ndar
     norm = _normalize_of(loaded.preprocess)
     mean = torch.tensor(norm.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
-    x_all = torch.from_numpy(decoded_images(dataset, _image_size(visual), progress=progress))
+    with distributed.main_first():  # one rank decodes into the cache, the others read it
+        x_all = torch.from_numpy(decoded_images(dataset, _image_size(visual), progress=progress))
     y_all = torch.from_numpy(labels)
 
     named = list(visual.named_parameters()) + [(f"head.{k}", p) for k, p in head.named_parameters()]
@@ -194,8 +212,9 @@ def _train_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text: np.ndar
     total = epochs * per_epoch
     sched = warmup_cosine(opt, total, warm=max(1, int(round(warmup * total))))
     history = []
+    model = distributed.wrap(_Classifier(visual, head))
     visual.train()
-    for epoch in tqdm(range(epochs), desc="fine-tune", disable=not progress):
+    for epoch in tqdm(range(epochs), desc="fine-tune", disable=not progress or not distributed.is_main()):
         perm = torch.randperm(n, generator=gen)
         loss_sum = acc_sum = 0.0
         for b in range(per_epoch):
@@ -204,8 +223,8 @@ def _train_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text: np.ndar
             xb = (xb.to(device).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
             yb = y_all[idx].to(device)
             xb, target = mix_batch(xb, yb, c, rng, mixup=mixup, cutmix=cutmix, smoothing=label_smoothing)
-            with autocast(device, amp):
-                logits = head(visual(xb).float()).float()
+            with autocast(device, amp):  # this rank's slice; the logits of the global batch
+                logits = distributed.all_gather_with_grad(model(distributed.shard(xb)))
             loss = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

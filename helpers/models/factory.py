@@ -5,7 +5,9 @@ Accepted specs (all go through ``open_clip.create_model_and_transforms``):
 - ``"ViT-B-16/openai"`` or ``load_model("ViT-B-16", "openai")``: an open_clip architecture and pretrained tag;
 - ``load_model("ViT-B-16", "/path/weights.safetensors")``: an architecture and a local checkpoint file (``~`` is
   expanded; in one string: ``"ViT-B-16//path/weights.safetensors"``, see :func:`split_spec`);
-- ``load_model("ViT-B-32", "random")``: random weights, seeded (benchmarks and tests);
+- ``load_model("ViT-B-32", "random")``: random weights, seeded (benchmarks and tests); options in the tag,
+  ``"ViT-B-16/random-seed1-img32-ctx8"`` (seed, input size, text length), the form such a model's id takes, so a
+  notebook's ``model`` parameter can ask for a reduced random model;
 - ``"pocket:small"`` (or ``"pocket"``, ``"pocket:tiny-100"``...): the package's own small CLIP, trained on the mirrored data
   on first use and cached; then loaded from its checkpoint file like any other local checkpoint.
 
@@ -272,6 +274,10 @@ def split_spec(spec: str, pretrained: str | None = None) -> tuple[str, str | Non
     return spec, _expand(pretrained)
 
 
+# random weights with options in the tag, the form a random model's id takes: "ViT-B-16/random-seed0-img32-ctx8"
+RANDOM_SPEC = re.compile(r"random(?:-seed(?P<seed>\d+))?(?:-img(?P<img>\d+))?(?:-ctx(?P<ctx>\d+))?")
+
+
 def load_model(
     spec: str,
     pretrained: str | None = None,
@@ -310,6 +316,11 @@ def load_model(
     arch, pretrained = split_spec(spec, pretrained)
     _check_arch(arch)
     device = torch.device(device)
+    if (opts := RANDOM_SPEC.fullmatch(str(pretrained))) is not None:  # "random-seed1-img32-ctx8", as model ids read
+        pretrained = "random"
+        seed = int(opts["seed"]) if opts["seed"] else seed
+        image_size = image_size or (int(opts["img"]) if opts["img"] else None)
+        context_length = context_length or (int(opts["ctx"]) if opts["ctx"] else None)
     random_init = pretrained in (None, "", "random", "none")
     if not random_init and not _is_local_file(pretrained):
         tags = open_clip.list_pretrained_tags_by_model(arch)

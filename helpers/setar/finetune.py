@@ -12,11 +12,15 @@ is a derived model (:func:`helpers.models.derive`); trained weights are cached b
 
 The updates are :mod:`torch.nn.utils.parametrize` parametrisations (``W ← W + s·B A``) registered on a derived
 copy of the model, so the base model is never modified and no module is rewritten by hand.
+
+Under ``torchrun`` the training is data-parallel (:mod:`helpers.distributed`): every rank draws the global batch,
+encodes its slice, and the global and local image features are gathered with their gradients, so the objective
+(a cross-entropy plus LoCoOp's entropy averaged over the batch's OOD patches) is that of the global batch and the
+step equals the single-process step up to float rounding.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -25,11 +29,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from ..cache import cached_tensors, code_hash
+from .. import distributed
+from ..cache import code_hash
 from ..features import encode_images
 from ..finetune.coop import locoop_entropy
 from ..io import sha256_json
 from ..models import LoadedModel, derive
+from ..torchtools import frozen
 from .edit import TOWERS, n_blocks, param_name, svd_of
 
 
@@ -88,19 +94,17 @@ def merged(model: nn.Module, names) -> dict[str, torch.Tensor]:
             for n in names}
 
 
-@contextlib.contextmanager
-def _only_training(model: nn.Module, trainable: list[nn.Parameter]):
-    """Gradients for ``trainable`` only, for the block; the flags of the (shared) base tensors are restored."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    for p in trainable:
-        p.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
+class _Encoders(nn.Module):
+    """The model's global and local image features (:func:`helpers.features.encode_images`) of images
+    (B, 3, H, W) and its normalised text features of tokenised prompts (C, L): one module for DDP to wrap."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        return (encode_images(self.model.visual, images, ("image", "local")),
+                F.normalize(self.model.encode_text(tokens).float(), dim=-1))
 
 
 def train_updates(base: LoadedModel, factors: dict, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor,
@@ -110,26 +114,28 @@ def train_updates(base: LoadedModel, factors: dict, images: torch.Tensor, labels
     """Train the low-rank updates ``factors`` on ``base`` with the search objective; the merged weights and the
     training log (one row per epoch)."""
     model, trainable = with_updates(base, factors)
-    scale = scale or min(float(base.model.logit_scale.exp()), 100.0)
+    scale = scale or min(float(base.model.logit_scale.detach().exp()), 100.0)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
     per_epoch = max(1, math.ceil(len(labels) / batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * per_epoch)
     log = []
     model.eval()  # no dropout; the updates still train
-    with _only_training(model, trainable):
+    with frozen(model, trainable):  # gradients for the updates only; the shared base's flags come back after
+        encoders = distributed.wrap(_Encoders(model))
         for epoch in range(epochs):
-            log.append(_epoch(model, opt, sched, gen, images, labels, tokens, batch_size, scale, lam, top_k, epoch))
+            log.append(_epoch(encoders, opt, sched, gen, images, labels, tokens, batch_size, scale, lam, top_k,
+                              epoch))
     return merged(model, list(factors)), log
 
 
-def _epoch(model, opt, sched, gen, images, labels, tokens, batch_size, scale, lam, top_k, epoch) -> dict:
+def _epoch(encoders, opt, sched, gen, images, labels, tokens, batch_size, scale, lam, top_k, epoch) -> dict:
     """One pass over the images in a seeded order; the epoch's mean loss, CE and OOD-patch entropy."""
     perm, sums, batches = torch.randperm(len(labels), generator=gen), np.zeros(3), 0
     for i in range(0, len(labels), batch_size):
         idx = perm[i:i + batch_size]
-        f = encode_images(model.visual, images[idx], ("image", "local"))
-        text = F.normalize(model.encode_text(tokens).float(), dim=-1)
+        f, text = encoders(images[distributed.shard(idx)], tokens)  # this rank's slice
+        f = {k: distributed.all_gather_with_grad(v) for k, v in f.items()}  # the global batch's features
         ce = F.cross_entropy(scale * f["image"] @ text.T, labels[idx])
         ent = locoop_entropy(scale * f["local"] @ text.T, labels[idx], top_k)
         loss = ce - lam * ent
@@ -150,11 +156,13 @@ def finetuned_model(base: LoadedModel, parent: LoadedModel, factors: dict, tag: 
                                                                       .numpy(), 8).tolist()) + f"x{s}"
                                               for n, (b, a, s) in factors.items()},
            "data": sha256_json([images.shape, float(images.double().sum()), labels.tolist(), tokens.tolist()]),
-           **train, "code": code_hash(train_updates, with_updates, LowRankDelta, merged, locoop_entropy)}
+           **train, "code": code_hash(train_updates, _epoch, _Encoders, with_updates, LowRankDelta, merged,
+                                      locoop_entropy)}
 
     def build():
         weights, log = train_updates(base, factors, images, labels, tokens, **train)
         return weights, {"log": log}
 
-    weights, info, _ = cached_tensors("setar", f"{tag}-{base.model_id}", key, build, use_cache=use_cache)
+    weights, info, _ = distributed.cached_tensors("setar", f"{tag}-{base.model_id}", key, build,
+                                                  use_cache=use_cache)
     return derive(parent, tag, weights=dict(weights), info={tag: train}), info["log"]
