@@ -36,13 +36,29 @@ def _avg(summary: pd.DataFrame, metric: str = "auroc", **where) -> float:
     return float(t[metric].mean()) if len(t) else np.nan
 
 
-def claims(summary: pd.DataFrame, family_fit: pd.DataFrame | None = None, shots: str = "16") -> pd.DataFrame:
+def _zero_shot_accuracy(summary: pd.DataFrame) -> float:
+    t = summary[(summary["method"] == "zero-shot") & (summary["detector_label"] == "MCM (T=1)")]
+    return float(t["id_acc"].iloc[0]) if len(t) else np.nan
+
+
+def _largest_shots(summary: pd.DataFrame) -> str:
+    """The largest training setting of the linear-probe rows: ``"full"`` when present, else the most shots."""
+    got = set(summary.loc[summary["method"] == "linear probe", "shots"].astype(str))
+    return "full" if "full" in got else max(got, key=int, default="16")
+
+
+def claims(summary: pd.DataFrame, family_fit: pd.DataFrame | None = None, shots: str | None = None,
+           notebook: str | None = None) -> pd.DataFrame:
     """:data:`CLAIMS` with ``ours`` measured on ``summary`` (:func:`helpers.summary.main_comparison`) and notebook
     03's ``family_fit``. PLP vs MCM: notebook 03's PLP · energy vs MCM with PLP's 5 prompts (full probe data);
-    linear probe vs fine-tuning: notebook 04 at ``shots`` shots, both scored by energy on their heads; CMA at
-    the published λ = 0.001 with NegLabel. Our R² is the best of notebook 03's pairings."""
+    linear probe vs fine-tuning: notebook 04 at ``shots`` shots (None: its largest setting, as PLP compares models
+    trained on all of ImageNet), both scored by energy on their heads; CMA at
+    the published λ = 0.001 with NegLabel. Our R² is the best of notebook 03's pairings; the zero-shot accuracy is
+    that of MCM's classifier with the single prompt, from whichever notebook ``summary`` holds it.
+    ``notebook`` (e.g. ``"03_probes"``) keeps only that notebook's claims: a notebook passes its own rows."""
+    shots = _largest_shots(summary) if shots is None else str(shots)
     ours = {
-        "zero-shot ImageNet accuracy": _avg(summary, "id_acc", notebook="02_zero_shot", method="zero-shot"),
+        "zero-shot ImageNet accuracy": _zero_shot_accuracy(summary),
         "R² of ID accuracy": float(family_fit["r2"].max()) if family_fit is not None and len(family_fit) else np.nan,
         "PLP minus MCM": (_avg(summary, notebook="03_probes", detector_label="PLP · energy")
                           - _avg(summary, notebook="03_probes", detector_label="MCM (T=1, prompts=plp5)")),
@@ -57,7 +73,25 @@ def claims(summary: pd.DataFrame, family_fit: pd.DataFrame | None = None, shots:
         "CMA, ID accuracy": _avg(summary, "id_acc", notebook="06_cma", method="CMA (λ=0.001)"),
     }
     rows = []
-    for c in CLAIMS:
+    for c in CLAIMS if notebook is None else [c for c in CLAIMS if c["notebook"] == notebook]:
         value = next((v for k, v in ours.items() if c["claim"].startswith(k)), np.nan)
         rows.append({**c, "ours": value})
     return pd.DataFrame(rows)[["notebook", "claim", "published", "ours", "source"]]
+
+
+def beside(long: pd.DataFrame, notebook: str, results_dir=None, enabled: bool = True,
+           family_fit: pd.DataFrame | None = None, shots: str | None = None) -> pd.DataFrame | None:
+    """A notebook's own claims (``notebook``, e.g. ``"03_probes"``) beside ours, measured on its long table
+    ``long`` (the rows of its ``evaluate`` calls, no average rows), saved as ``published_claims`` in
+    ``results_dir``. With ``enabled=False`` (the teaching profile: the numbers are not comparable) it says so and
+    returns None."""
+    if not enabled:
+        print("compare_published is False: the published ImageNet anchors are compared in the paper profile only.")
+        return None
+    from .report import save_table
+    from .summary import main_comparison
+
+    table = claims(main_comparison(long), family_fit, shots, notebook)
+    if results_dir is not None:
+        save_table(table, "published_claims", results_dir)
+    return table

@@ -47,9 +47,16 @@ class StaleResultsError(ClipOODError, RuntimeError):
     """A table was produced by an older version of ``helpers/`` or of its notebook."""
 
 
-def rerun_hint(notebook: str, profile: str | None = None) -> str:
-    prof = f" --profile {profile}" if profile and profile != "teaching" else ""
-    return f"run notebook {notebook} first: python -m helpers.run{prof} --only {notebook[:2]}"
+def rerun_hint(notebook: str, profile: str | None = None, results_root: str | Path | None = None) -> str:
+    """The runner command that (re)writes ``notebook``'s tables into ``results_root``."""
+    from .run import output_dirs
+
+    profile = profile or "teaching"
+    prof = f" --profile {profile}" if profile != "teaching" else ""
+    out = ""
+    if results_root is not None and Path(results_root).resolve() != output_dirs(profile, None)[1].resolve():
+        out = f" --out {Path(results_root).resolve().parent}"  # the runner writes <out>/results
+    return f"run notebook {notebook} first: python -m helpers.run{prof}{out} --only {notebook[:2]}"
 
 
 def _git(*args: str) -> subprocess.CompletedProcess | None:
@@ -81,14 +88,14 @@ def check_inputs(results_root: str | Path, needs: Mapping[str, Sequence[str]] = 
         missing = [f for f in files if not (root / nb / f).is_file()]
         if missing:
             raise MissingResultsError(f"{root / nb / missing[0]} does not exist ({len(missing)} of the tables notebook "
-                                      f"08 reads from {nb} are missing). Fix: {rerun_hint(nb, profile)}")
+                                      f"08 reads from {nb} are missing). Fix: {rerun_hint(nb, profile, root)}")
         entry = entries.get(nb)
         if entry is None:
             notes.append(f"{nb}: not in {manifest_path}, so its age cannot be checked")
             continue
         if entry.get("status") != "ok":
             raise MissingResultsError(f"{manifest_path} says {nb} {entry.get('status')}: {entry.get('error', '')}. "
-                                      f"Fix: {rerun_hint(nb, profile)}")
+                                      f"Fix: {rerun_hint(nb, profile, root)}")
         commit = entry.get("git_commit") or manifest.get("git_commit")
         changed = changed_since(commit, nb) if commit else None
         if changed is None:
@@ -96,7 +103,7 @@ def check_inputs(results_root: str | Path, needs: Mapping[str, Sequence[str]] = 
         elif changed:
             raise StaleResultsError(
                 f"{root / nb} was produced at commit {commit[:12]}, and {len(changed)} file(s) changed since "
-                f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}). Fix: {rerun_hint(nb, profile)}")
+                f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}). Fix: {rerun_hint(nb, profile, root)}")
     return notes
 
 

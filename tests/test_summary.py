@@ -66,8 +66,18 @@ def test_missing_table_names_the_notebook_to_run(tmp_path):
 
 def test_failed_notebook_in_the_manifest_is_reported(tmp_path):
     root = _results(tmp_path, {"profile": "smoke", "notebooks": {"03_probes": {"status": "failed", "error": "boom"}}})
-    with pytest.raises(summary.MissingResultsError, match=r"03_probes failed: boom.*--profile smoke --only 03"):
+    with pytest.raises(summary.MissingResultsError,
+                       match=rf"03_probes failed: boom.*--profile smoke --out {tmp_path.parent} --only 03"):
         summary.check_inputs(root)
+
+
+def test_rerun_hint_writes_where_notebook_08_reads():
+    from helpers.paths import REPO_ROOT
+
+    assert summary.rerun_hint("04_finetune", "teaching", REPO_ROOT / "results").endswith("helpers.run --only 04")
+    assert summary.rerun_hint("04_finetune", "smoke", REPO_ROOT / "build" / "smoke" / "results").endswith(
+        "helpers.run --profile smoke --only 04")
+    assert summary.rerun_hint("04_finetune", None, "/x/y/results").endswith("helpers.run --out /x/y --only 04")
 
 
 def test_table_from_an_older_commit_is_stale(tmp_path, monkeypatch):
@@ -139,7 +149,10 @@ def test_published_claims_measure_ours_on_the_summary():
     assert got.filter(like="linear probe minus").item() == 9.0
     assert got.filter(like="R²").item() == 0.8
     assert got.filter(like="average FPR95").item() == 40 and got.filter(like="CMA, ID").item() == 63
-    assert np.isnan(got.filter(like="zero-shot ImageNet").item()), "no notebook 02 rows: no number, not a guess"
+    assert np.isnan(got.filter(like="zero-shot ImageNet").item()), "no zero-shot MCM rows: no number, not a guess"
+    zs = summary.main_comparison(pd.DataFrame(_rows("01_features", "zero-shot", 0, 0, "MCM (T=1)", {"a": 1.0}, acc=61.5)))
+    own = published.claims(zs, notebook="01_features")
+    assert own["notebook"].tolist() == ["01_features"] and own["ours"].item() == 61.5
 
 
 def test_family_pairings_name_the_table_columns():
