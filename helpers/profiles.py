@@ -62,7 +62,8 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
         "06": {"n_boot": 100, "eval_max_images": 50, "sweep_models": [], "train_per_class": 5, "lambdas": [0.0, 1.0],
                "claim_lambdas": [0.0, 1.0], "seeds": [0], "epochs": 1, "ft_batch_size": 25,
                "neglabel_max_words": 300},
-        "07": {"n_boot": 100, "eval_max_images": 50, "n_pairs": 4, "steps": 5, "step_snapshots": [2],
+        "07": {"n_boot": 100, "eval_max_images": 50, "bank_max_per_class": 20, "n_pairs": 4, "steps": 5,
+               "step_snapshots": [2],
                "attack_batch": 4, "eps_grid": []},
     },
     "paper": {
