@@ -456,6 +456,7 @@ def auroc_vs_gap(points: pd.DataFrame, x: str = "centroid gap", y: str = "auroc"
 def attack_grid(rows: Mapping[str, Sequence[np.ndarray]], n: int = 6, magnify: float = 10.0):
     """Image rows ``{title: [images (N, 3, H, W) in [0, 1]]}`` of the first ``n`` pairs; a row whose title
     starts with "δ" is shown as ``0.5 + magnify · δ``."""
+    n = min(n, *(len(images) for images in rows.values()))  # fewer pairs than columns: fewer columns
     fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.7 * len(rows)), squeeze=False)
     for r, (title, images) in enumerate(rows.items()):
         for c in range(n):

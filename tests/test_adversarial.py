@@ -94,3 +94,14 @@ def test_notebook_07_runs_in_the_smoke_profile(require_data, tmp_path):
     assert len(pd.read_csv(res / "auroc_drop.csv")) == 5
     assert {"examples.png", "attack_progress.png", "auroc_vs_eps.png"} <= {
         p.name for p in (tmp_path / "figures" / "07_adversarial").glob("*.png")}
+
+
+def test_attack_grid_with_fewer_pairs_than_columns():
+    import matplotlib.pyplot as plt
+
+    from helpers import plots
+
+    imgs = np.random.default_rng(0).random((4, 3, 8, 8)).astype(np.float32)
+    fig = plots.attack_grid({"source": imgs, "δ smooth": imgs - 0.5, "target": imgs}, n=6)
+    assert len(fig.axes) == 3 * 4, "one column per pair when there are fewer pairs than columns"
+    plt.close(fig)
