@@ -505,15 +505,14 @@ def comparison_heatmap(summary: pd.DataFrame, metrics=(("auroc", "AUROC ↑", "v
     :func:`helpers.summary.main_comparison`), one column per OOD set and the average, one panel per metric."""
     import seaborn as sns
 
-    from .summary import row_label
+    from .summary import by_row
 
-    t = summary.assign(row=row_label(summary))
-    rows = list(dict.fromkeys(t["row"]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 0.24 * len(rows) + 1.8), sharey=True,
+    grids = {metric: by_row(summary, metric) for metric, _, _ in metrics}
+    n_rows = len(grids[metrics[0][0]])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 0.24 * n_rows + 1.8), sharey=True,
                              squeeze=False)
     for ax, (metric, title, cmap) in zip(axes[0], metrics):
-        grid = t.pivot_table(index="row", columns="ood_set", values=metric, aggfunc="first", sort=False).loc[rows]
-        grid = grid[[c for c in grid.columns if c != "average"] + ["average"]]
+        grid = grids[metric]
         sns.heatmap(grid, annot=True, fmt=".1f", cmap=cmap, annot_kws={"fontsize": 6.5}, ax=ax,
                     cbar_kws={"label": f"{title} (%)", "shrink": 0.5})
         ax.set_title(title), ax.set_xlabel("OOD set"), ax.set_ylabel("")

@@ -16,15 +16,12 @@ bounds averaged and the seed std beside them), plus the average over OOD sets.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .errors import ClipOODError
-from .paths import REPO_ROOT
 
 # notebook -> the tables notebook 08 reads from its results folder
 NEEDS: dict[str, list[str]] = {
@@ -59,21 +56,15 @@ def rerun_hint(notebook: str, profile: str | None = None, results_root: str | Pa
     return f"run notebook {notebook} first: python -m helpers.run{prof}{out} --only {notebook[:2]}"
 
 
-def _git(*args: str) -> subprocess.CompletedProcess | None:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
-    except OSError:
-        return None
-
-
 def changed_since(commit: str, notebook: str) -> list[str] | None:
     """Files of ``helpers/`` and ``notebooks/<notebook>.ipynb`` that differ between ``commit`` and ``HEAD``
     (committed changes only); None when git cannot tell (no git, no history, unknown commit)."""
-    known = _git("cat-file", "-e", f"{commit}^{{commit}}")
-    if known is None or known.returncode != 0:
+    from . import run  # its git helper: None when git is missing or the command fails
+
+    if run._git("cat-file", "-e", f"{commit}^{{commit}}") is None:
         return None
-    diff = _git("diff", "--name-only", commit, "HEAD", "--", "helpers", f"notebooks/{notebook}.ipynb")
-    return None if diff is None or diff.returncode != 0 else diff.stdout.split()
+    diff = run._git("diff", "--name-only", commit, "HEAD", "--", "helpers", f"notebooks/{notebook}.ipynb")
+    return None if diff is None else diff.stdout.split()
 
 
 def check_inputs(results_root: str | Path, needs: Mapping[str, Sequence[str]] = NEEDS) -> list[str]:
@@ -149,17 +140,18 @@ def row_label(table: pd.DataFrame) -> pd.Series:
     return table["notebook"].str[:2] + " · " + method + table["detector_label"]
 
 
+def by_row(summary: pd.DataFrame, metric: str = "auroc", ci: bool = False, decimals: int = 1) -> pd.DataFrame:
+    """:func:`helpers.tables.wide` of ``summary`` with one row per :func:`row_label` and the average last."""
+    from .tables import wide
+
+    out = wide(summary.assign(row=row_label(summary)), metric, index="row", ci=ci, decimals=decimals)
+    return out[[c for c in out.columns if c != "average"] + ["average"]]
+
+
 def comparison_wide(summary: pd.DataFrame, metric: str = "auroc", decimals: int = 1) -> pd.DataFrame:
-    """``value [lo, hi]`` per OOD set and the average (no CI), one row per :func:`row_label`."""
-    fmt = f"{{:.{decimals}f}}".format
-    cells = [fmt(v) if np.isnan(lo) else f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
-             for v, lo, hi in zip(summary[metric], summary[f"{metric}_lo"], summary[f"{metric}_hi"])]
-    t = summary.assign(row=row_label(summary), value=cells)
-    out = t.pivot_table(index="row", columns="ood_set", values="value", aggfunc="first", sort=False)
-    out.columns.name = None
-    sets = [c for c in out.columns if c != "average"] + ["average"]
-    acc = t.groupby("row", sort=False)["id_acc"].first().round(decimals)
-    return out[sets].assign(**{"ID acc": acc}).reset_index()
+    """``value [lo, hi]`` per OOD set and the average (no CI), one row per :func:`row_label`, and the ID accuracy."""
+    acc = summary.assign(row=row_label(summary)).groupby("row", sort=False)["id_acc"].first().round(decimals)
+    return by_row(summary, metric, ci=True, decimals=decimals).assign(**{"ID acc": acc}).reset_index()
 
 
 def family_pairings(fits: pd.DataFrame) -> dict[str, tuple[str, str]]:

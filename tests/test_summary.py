@@ -103,7 +103,9 @@ def test_changed_since_reads_git(tmp_path, monkeypatch):
     (tmp_path / "notebooks" / "05_setar.ipynb").write_text("{}\n")
     git("add", "-A"), git("commit", "-qm", "one")
     first = git("rev-parse", "HEAD")
-    monkeypatch.setattr(summary, "REPO_ROOT", tmp_path)
+    import helpers.run
+
+    monkeypatch.setattr(helpers.run, "REPO_ROOT", tmp_path)  # the runner's git helper, which summary calls
     assert summary.changed_since(first, "04_finetune") == []
     (tmp_path / "notebooks" / "05_setar.ipynb").write_text('{"a": 1}\n')
     git("commit", "-qam", "two")
