@@ -35,7 +35,7 @@ notebooks: model wordnet
 
 test: env wordnet browser
 	$(PY) -m helpers.data import $(if $(MIRROR),--mirror $(MIRROR),)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: env
 	$(PY) -m ruff check helpers tests benchmarks

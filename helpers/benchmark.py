@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .data import DATASETS, ImageFolderDataset, get_dataset
+from .data import DATASETS, ImageFolderDataset, as_dataset_list, get_dataset
 from .features import Features, extract_features
 from .models import LoadedModel, load_model
 
@@ -89,8 +89,16 @@ def _kinds(f: Features) -> tuple[str, ...]:
 
 def warn_unknown_classes(loaded: LoadedModel, class_names: list[str]) -> list[str]:
     """A pocket CLIP only knows the class names of its pretraining captions: warn (and return them) when ID
-    classes are outside them, because its zero-shot classifier is then near chance for those classes."""
+    classes are outside them, because its zero-shot classifier is then near chance for those classes. A pocket
+    checkpoint loaded by path without its training report (``train.json``) cannot be checked: that is said."""
     known = loaded.info.get("class_names")
+    if not known and loaded.info.get("train_info_missing"):
+        warnings.warn(f"{loaded.name}: the checkpoint {loaded.pretrained} has no train.json beside it: cannot check "
+                      f"whether it saw the ID classes ({', '.join(class_names[:5])}"
+                      f"{', ...' if len(class_names) > 5 else ''}); a pocket CLIP knows only the class names of its "
+                      f"pretraining captions and is near chance on others. Fix: copy train.json from the folder it "
+                      f"was trained in (`python -m helpers.models.pocket --where --config <name>`) next to the "
+                      f"checkpoint file", stacklevel=3)
     if not known:
         return []  # a published CLIP: an open vocabulary
     unknown = [c for c in class_names if c not in set(known)]
@@ -102,13 +110,6 @@ def warn_unknown_classes(loaded: LoadedModel, class_names: list[str]) -> list[st
                       f"({100 / len(class_names):.0f}%) for them. Fix: a published CLIP (--set "
                       f"model=ViT-B-16/openai) or ID classes it knows", stacklevel=3)
     return unknown
-
-
-def _as_list(name: str, value) -> list:
-    if isinstance(value, str):
-        raise TypeError(f"{name} must be a list of dataset names or folders, not the string {value!r}. In a "
-                        f"notebook parameter or `--set`, write a list: {name}='[\"a\", \"b\"]'.")
-    return list(value)
 
 
 def load_benchmark(model: str | LoadedModel, id_dataset: str | ImageFolderDataset,
@@ -124,8 +125,10 @@ def load_benchmark(model: str | LoadedModel, id_dataset: str | ImageFolderDatase
     profiles; ``interpolation`` overrides the model's resize interpolation (``"bilinear"`` reproduces MCM's
     code); ``on_error="skip"`` leaves undecodable images out (and lists them in ``Features.failed``);
     ``decode`` is :func:`helpers.features.extract_features`'s (``"auto"``: JPEGs decoded on the GPU under CUDA).
+    ``ood_datasets`` is a list; a single name or folder is a list of one (:func:`helpers.data.as_dataset_list`).
     Two sets with the same name are an error (tables are keyed by it).
     """
+    ood_list = as_dataset_list(ood_datasets, "ood_datasets")  # checked before the model loads
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device,
                                                                       interpolation=interpolation)
 
@@ -137,7 +140,7 @@ def load_benchmark(model: str | LoadedModel, id_dataset: str | ImageFolderDatase
     id_ds = dataset(id_dataset, max_per_class)
     warn_unknown_classes(loaded, id_ds.class_names)
     datasets = {id_ds.name: id_ds}
-    for d in _as_list("ood_datasets", ood_datasets):
+    for d in ood_list:
         ds = dataset(d, ood_max_per_class)
         if ds.name in datasets:
             raise ValueError(f"two datasets are named {ds.name!r} ({datasets[ds.name].root} and {ds.root}); tables "

@@ -9,6 +9,9 @@ Two pieces every cache in the package uses:
   a folder ``<cache>/<kind>/<name>-<key hash>/`` holding ``tensors.safetensors`` and ``meta.json`` (the key, the
   artifact's own information such as a training log, and the sha256 of the tensors file). Loading checks the key
   and the content hash; a damaged or stale entry is reported and rebuilt. Nothing is unpickled.
+- :func:`save_checked` / :func:`load_checked`: the same guarantee for a cache that is one file (an ``.npy`` array,
+  an ``.npz`` of named arrays, a ``.json`` document): a sidecar ``<file>.sha256`` records the sha256 of the
+  content (the arrays' names, dtypes, shapes and bytes; the canonical JSON of a document), and loading checks it.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import ast
 import functools
 import hashlib
 import inspect
+import io
 import json
 import shutil
 import textwrap
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +34,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .io import atomic_path, sha256_file, sha256_json, write_json
+from .io import atomic_path, build_lock, sha256_file, sha256_json, write_json
 from .paths import cache_dir
 
 
@@ -99,6 +104,13 @@ def cached_tensors(kind: str, name: str, key: dict,
     folder = artifact_dir(kind, name, key)
     if use_cache and (hit := _load(folder, key)) is not None:
         return hit[0], hit[1], True
+    with build_lock(folder):  # another run may be building the same entry: wait, then look again
+        if use_cache and (hit := _load(folder, key)) is not None:
+            return hit[0], hit[1], True
+        return _build_tensors(folder, key, build)
+
+
+def _build_tensors(folder: Path, key: dict, build) -> tuple[dict[str, torch.Tensor], dict, bool]:
     tensors, info = build()
     tensors = {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v.detach().cpu())
                .contiguous() for k, v in tensors.items()}
@@ -107,3 +119,91 @@ def cached_tensors(kind: str, name: str, key: dict,
         save_file(tensors, str(tmp))
     write_json(folder / "meta.json", {"key": key, "info": info, "sha256": sha256_file(folder / "tensors.safetensors")})
     return tensors, json.loads(json.dumps(info, default=str)), False
+
+
+# ------------------------------------------------------------------------------- single-file caches
+CHECKED_SUFFIXES = (".npy", ".npz", ".json")
+
+
+def content_sha256(payload) -> str:
+    """sha256 of a cache payload: an array, a dict of named arrays (names, dtypes, shapes and bytes, by name), or a
+    JSON-serialisable document (its canonical JSON, keys sorted)."""
+    if isinstance(payload, np.ndarray):
+        payload = {"": payload}
+    if not (isinstance(payload, dict) and payload and all(isinstance(v, np.ndarray) for v in payload.values())):
+        return sha256_json(payload)
+    h = hashlib.sha256()
+    for name in sorted(payload):
+        a = np.ascontiguousarray(payload[name])
+        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _suffix(path: Path) -> str:
+    if path.suffix not in CHECKED_SUFFIXES:
+        raise ValueError(f"checked cache files are {CHECKED_SUFFIXES}, not {path.name!r}")
+    return path.suffix
+
+
+def save_checked(path: str | Path, payload) -> None:
+    """Write ``payload`` to ``path`` (format by suffix: ``.npy`` an array, ``.npz`` a dict of arrays, ``.json`` a
+    JSON document), then its :func:`content_sha256` to the sidecar ``<path>.sha256``; both atomically. The file is
+    written first: a crash in between leaves a file whose sidecar is missing or old, which :func:`load_checked`
+    rejects."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix == ".npz":
+        payload = {k: np.asarray(v) for k, v in payload.items()}
+    elif suffix == ".json":
+        payload = json.loads(json.dumps(payload, default=str))  # what loading will see
+    with atomic_path(path, suffix) as tmp:
+        if suffix == ".json":
+            tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        else:
+            with open(tmp, "wb") as f:
+                if suffix == ".npy":
+                    np.save(f, payload)
+                else:
+                    np.savez(f, **payload)
+    with atomic_path(_sidecar(path)) as tmp:
+        tmp.write_text(content_sha256(payload) + "\n")
+
+
+def _read(data: bytes, suffix: str):
+    if suffix == ".json":
+        return json.loads(data)
+    if suffix == ".npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def load_checked(path: str | Path, what: str):
+    """The payload :func:`save_checked` wrote to ``path``, or None when there is none or it cannot be trusted, so
+    that the caller computes it again. A file without its sidecar (written before caches were checked, or cut off
+    between the two writes) is stale: removed quietly. One that does not read, or whose content does not match the
+    recorded sha256, is reported as a damaged ``what`` (e.g. ``"text-embedding cache"``) and removed. Nothing is
+    unpickled."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if not path.is_file():
+        return None
+    if not _sidecar(path).is_file():
+        path.unlink(missing_ok=True)
+        return None
+    try:
+        recorded = _sidecar(path).read_text().strip()
+        payload = _read(path.read_bytes(), suffix)
+        if content_sha256(payload) != recorded:
+            raise ValueError("its content does not match the sha256 recorded when it was written")
+        return payload
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        warnings.warn(f"{what} {path} is damaged ({e}); rebuilding it", stacklevel=3)
+        path.unlink(missing_ok=True)
+        _sidecar(path).unlink(missing_ok=True)
+        return None

@@ -50,6 +50,10 @@ class WeightsUnavailableError(ClipOODError, RuntimeError):
     """Pretrained weights are not cached locally and cannot be downloaded."""
 
 
+class DamagedCheckpointError(ClipOODError, ValueError):
+    """A local checkpoint file that does not read (cut short, overwritten, not a checkpoint)."""
+
+
 class NonFiniteError(ClipOODError, ValueError):
     """NaN or infinite values in features or scores."""
 

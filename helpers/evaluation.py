@@ -27,7 +27,7 @@ import pandas as pd
 
 from . import detectors as det
 from .benchmark import Benchmark
-from .io import atomic_path, write_json
+from .io import atomic_path
 from .metrics import accuracy, ood_report
 from .paths import cache_dir
 
@@ -103,22 +103,23 @@ def evaluate(detectors: Iterable, bench: Benchmark, *, results_dir: str | Path |
 
 def metrics_of(s_id: np.ndarray, s_ood: np.ndarray, **conventions) -> dict:
     """:func:`helpers.metrics.ood_report` (bootstrap seed 0), cached by the scores' bytes, the conventions and the
-    metrics code: a warm re-run does not redo the bootstrap of scores it has seen."""
+    metrics code: a warm re-run does not redo the bootstrap of scores it has seen. The cached report is checked
+    against the sha256 recorded with it (:func:`helpers.cache.load_checked`); an edited one is recomputed."""
     from . import metrics
-    from .cache import code_hash
+    from .cache import code_hash, load_checked, save_checked
 
+    code = code_hash(metrics.ood_report, metrics.ood_metrics, metrics.bootstrap_ci, metrics.bootstrap_counts,
+                     metrics.weighted_auroc_fpr)
     h = hashlib.sha256(np.ascontiguousarray(s_id, np.float64).tobytes())
     h.update(np.ascontiguousarray(s_ood, np.float64).tobytes())
-    h.update(json.dumps([conventions, code_hash(metrics.ood_report, metrics.ood_metrics, metrics.bootstrap_ci,
-                                                  metrics.bootstrap_counts, metrics.weighted_auroc_fpr)],
-                        sort_keys=True).encode())
+    # the sizes too: where the ID scores end and the OOD scores begin is part of the key
+    h.update(json.dumps([conventions, code, len(s_id), len(s_ood)], sort_keys=True).encode())
     path = cache_dir() / "metrics" / f"{h.hexdigest()[:32]}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        row = ood_report(s_id, s_ood, seed=0, **conventions)
-        write_json(path, row)
+    if (row := load_checked(path, "metric-report cache")) is not None:
         return row
+    row = ood_report(s_id, s_ood, seed=0, **conventions)
+    save_checked(path, row)
+    return row
 
 
 def read_table(results_dir: str | Path) -> pd.DataFrame:

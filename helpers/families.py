@@ -36,7 +36,7 @@ import pandas as pd
 from scipy import stats
 
 from .benchmark import load_benchmark
-from .data import ImageFolderDataset, get_dataset, per_class_choice
+from .data import ImageFolderDataset, as_dataset_list, get_dataset, per_class_choice
 from .evaluation import Evaluation, evaluate
 from .models import LoadedModel, load_model
 from .models.pocket import PROFILES, PocketConfig, PretrainSource, get_config, pocket_checkpoint
@@ -128,7 +128,7 @@ def evaluate_family(members: list[FamilyMember], detectors: Sequence, *, id_data
     """
     train = get_dataset(probe_dataset, max_per_class=probe_max_per_class)
     id_test = get_dataset(id_dataset, max_per_class=max_per_class)
-    ood = [get_dataset(n, max_per_class=ood_max_per_class) for n in ood_datasets]
+    ood = [get_dataset(n, max_per_class=ood_max_per_class) for n in as_dataset_list(ood_datasets, "ood_datasets")]
     tables, models = [], []
     for member in members:
         loaded = member.load(device)

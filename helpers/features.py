@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -42,12 +43,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import distributed
-from .cache import code_hash, slug
+from . import distributed, events
+from .cache import code_hash, load_checked, save_checked, slug
 from .data import ImageFolderDataset, collate_skip, get_dataset
 from .decode import DECODES, decode_code_hash, decode_id, resolve_decode, tensor_loader
 from .errors import ClipOODError, CorruptImageError, NonFiniteError
-from .io import atomic_path, sha256_file, sha256_json, write_json
+from .io import atomic_path, build_lock, sha256_file, sha256_json, write_json
 from .models import LoadedModel, load_model
 from .paths import cache_dir
 from .torchtools import autocast
@@ -166,9 +167,14 @@ def _verify(folder: Path, meta: dict) -> dict[str, np.ndarray]:
         if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
             raise ValueError(f"{f.name} has shape {arr.shape}, expected {info['shape']}")
         arrays[name] = arr if name == "local" else np.array(arr)  # local may be huge: stays memory-mapped
-        if name != "local" and arr.dtype.kind == "f" and not np.isfinite(arrays[name]).all():
+        if arr.dtype.kind == "f" and not _all_finite(arrays[name]):
             raise ValueError(f"{f.name} contains NaN/inf values")
     return arrays
+
+
+def _all_finite(arr: np.ndarray, rows: int = 256) -> bool:
+    """Whether every value of ``arr`` is finite, read ``rows`` rows at a time (a memory-mapped array stays so)."""
+    return all(np.isfinite(arr[i:i + rows]).all() for i in range(0, len(arr), rows))
 
 
 def _load_cached(folder: Path, key: dict) -> Features | None:
@@ -187,6 +193,8 @@ def _load_cached(folder: Path, key: dict) -> Features | None:
                       f"features again", stacklevel=3)
         shutil.rmtree(folder, ignore_errors=True)
         return None
+    if meta["failed"]:  # images left out under on_error="skip": the runner lists them (helpers.events)
+        events.record("skipped", dataset=key["dataset"], files=meta["failed"])
     return Features(
         dataset=key["dataset"], model_id=key["model_id"], labels=arrays.pop("labels"), paths=meta["paths"],
         classes=meta["classes"], class_names=meta["class_names"], failed=meta["failed"],
@@ -299,6 +307,18 @@ def extract_features(
         return hit
 
     rank, world = distributed.init()
+    # another run extracting the same entry would remove the chunks this one reads: one builder at a time (under
+    # torchrun rank 0 holds the lock for the job; the other ranks wait for it at the first barrier)
+    with build_lock(folder, enabled=rank == 0):
+        if use_cache and world == 1 and (hit := _load_cached(folder, key)) is not None:
+            return hit  # built by the run we waited for
+        return _extract(loaded, ds, folder, key, kinds, device, rank, world, batch_size, num_workers, amp,
+                        chunk_size, progress, decode)
+
+
+def _extract(loaded, ds, folder, key, kinds, device, rank, world, batch_size, num_workers, amp, chunk_size,
+             progress, decode) -> Features:
+    """Extract the chunks not written yet (this rank's share), merge them (rank 0) and load the result."""
     if world > 1 and device.type == "cuda":
         device = distributed.local_device(device)
         loaded.model.to(device)
@@ -325,9 +345,14 @@ def extract_features(
                                     loaded.model_id, bar)
             done_images += len(arrays["index"])
             _save_part(_part_path(parts, chunk_size, j), arrays)
+    except ClipOODError as e:  # raised in a worker, torch re-raises it with the worker's traceback as message
+        if (clean := worker_error(e)) is None:
+            raise
+        raise clean from e
     finally:
         bar.close()
-        del it, batches  # shuts the DataLoader workers down now, also after an error in one of them
+        shutdown_workers(it)  # now, also after an error in a worker (its __del__ would run later, and complain)
+        del it, batches
     seconds = time.time() - t0
     distributed.barrier()
     if rank == 0:
@@ -337,6 +362,33 @@ def extract_features(
     assert res is not None, f"merge of {folder} failed"
     res.meta["from_cache"] = False
     return res
+
+
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def worker_error(e: Exception) -> Exception | None:
+    """The package error ``e`` as a DataLoader worker raised it: torch re-raises a worker's exception in the main
+    process as ``type(e)("Caught X in DataLoader worker process N. Original Traceback ...")``; this rebuilds it with
+    its own message (the last line of that traceback, which may span lines). None when ``e`` is no such error."""
+    text = str(e)
+    if not isinstance(e, ClipOODError) or not re.match(r"Caught \w+ in DataLoader worker process \d+", text):
+        return None
+    last = text[text.rfind(_TRACEBACK):]  # the worker's own exception, after the tracebacks of its causes
+    head = re.search(rf"^(?:[\w.]+\.)?{re.escape(type(e).__name__)}: ", last, re.MULTILINE)
+    if head is None:
+        return None
+    try:
+        return type(e)(last[head.end():].strip())
+    except TypeError:  # a constructor that takes more than a message
+        return None
+
+
+def shutdown_workers(it) -> None:
+    """Stop the worker processes of DataLoader iterator ``it`` now (a no-op for a single-process iterator)."""
+    stop = getattr(it, "_shutdown_workers", None)
+    if stop is not None:
+        stop()
 
 
 def _loader(ds: ImageFolderDataset, batches: list[list[int]], num_workers: int, decode: str, preprocess, device):
@@ -380,8 +432,8 @@ def _merge(folder: Path, key: dict, ds: ImageFolderDataset, kinds, part_paths: l
 
 # ------------------------------------------------------------------------------------------ text
 def _check_text_cache(arr: np.ndarray, n_classes: int, n_templates: int, ensemble: bool) -> np.ndarray:
-    """``arr`` if it can be the cached embeddings asked for: the shape, finite, every vector of unit norm (a
-    changed value breaks the norm, so this is also the content check)."""
+    """``arr`` if it can be the cached embeddings asked for: the shape, finite, every vector of unit norm. (The
+    content itself is checked against its recorded sha256 by :func:`helpers.cache.load_checked`.)"""
     want = (n_classes,) if ensemble else (n_classes, n_templates)
     if arr.ndim != len(want) + 1 or arr.shape[:-1] != want:
         raise ValueError(f"shape {arr.shape}, expected {want} + (dim,)")
@@ -409,12 +461,11 @@ def text_features(loaded: LoadedModel, class_names: list[str], templates: list[s
     key = {"model_id": loaded.text_id, "checkpoint_sha256": loaded.checkpoint_sha256, "names": list(class_names),
            "templates": list(templates), "ensemble": ensemble, "code": code_hash(text_features)}
     path = cache_dir() / "text" / f"{slug(loaded.text_id)}-{sha256_json(key)[:20]}.npy"
-    if use_cache and path.is_file():
+    if use_cache and (arr := load_checked(path, "text-embedding cache")) is not None:
         try:
-            return _check_text_cache(np.load(path), len(class_names), len(templates), ensemble)
-        except (OSError, ValueError, EOFError) as e:
-            warnings.warn(f"text-embedding cache {path} is damaged ({e}); computing it again", stacklevel=2)
-            path.unlink(missing_ok=True)
+            return _check_text_cache(arr, len(class_names), len(templates), ensemble)
+        except ValueError as e:
+            warnings.warn(f"text-embedding cache {path} is damaged ({e}); rebuilding it", stacklevel=2)
     prompts = [t.format(c) for c in class_names for t in templates]
     model = loaded.model
     out = []
@@ -427,8 +478,7 @@ def text_features(loaded: LoadedModel, class_names: list[str], templates: list[s
     arr = emb.numpy()
     if not np.isfinite(arr).all():
         raise NonFiniteError(f"NaN/inf in text embeddings of {loaded.model_id}; check the weights.")
-    with atomic_path(path, ".npy") as tmp:
-        np.save(tmp, arr)
+    save_checked(path, arr)
     return arr
 
 

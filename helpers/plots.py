@@ -6,7 +6,7 @@ Colours: ID is always ``C0`` (blue) and OOD ``C1`` (orange).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -83,10 +83,34 @@ def gap_figure(image: np.ndarray, labels: np.ndarray, prompts: np.ndarray, class
     return fig
 
 
+def pick(wanted: Sequence[str], available: Iterable[str], what: str, limit: int = 5) -> list[str]:
+    """The detector labels of ``wanted`` that this run has (``available``: e.g. ``Evaluation.detectors``), in
+    ``wanted``'s order, without repeats. When it has none of them (a run of custom detectors only), the first
+    ``limit`` labels it has, with a printed note, so that figures and tables show what exists."""
+    have = list(available)
+    chosen = [w for w in dict.fromkeys(wanted) if w in have]
+    if chosen or not have:
+        return chosen
+    print(f"{what}: none of {list(dict.fromkeys(wanted))} is among this run's detectors; showing "
+          f"{have[:limit]} instead")
+    return have[:limit]
+
+
+def _nothing_to_show(what: str):
+    """A small figure that says why it is empty (no detector label to plot), instead of an error."""
+    print(f"{what}: no detector to show")
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{what}: no detector to show", ha="center", va="center")
+    return fig
+
+
 def score_histograms(scores: Mapping[str, Mapping[str, np.ndarray]], labels: Sequence[str], id_set: str,
                      ood_sets: Sequence[str], table: pd.DataFrame | None = None):
     """Histograms of ID (blue) vs each OOD set (orange), one row per detector label; ``scores`` as in
     :attr:`helpers.evaluation.Evaluation.scores`; titles show the AUROC from ``table`` when given."""
+    if not labels or not ood_sets:
+        return _nothing_to_show("score histograms")
     fig, axes = plt.subplots(len(labels), len(ood_sets), figsize=(3.2 * len(ood_sets), 2.0 * len(labels)),
                              squeeze=False)
     for r, lab in enumerate(labels):
@@ -114,6 +138,8 @@ def score_histograms(scores: Mapping[str, Mapping[str, np.ndarray]], labels: Seq
 def roc_curves(scores: Mapping[str, Mapping[str, np.ndarray]], labels: Sequence[str], id_set: str,
                ood_sets: Sequence[str]):
     """ROC curves (ID positive) per OOD set, one line per detector label; FPR95 is where a curve crosses 0.95."""
+    if not labels or not ood_sets:
+        return _nothing_to_show("ROC curves")
     fig, axes = plt.subplots(1, len(ood_sets), figsize=(3.4 * len(ood_sets), 3.4), sharey=True, squeeze=False)
     for c, o in enumerate(ood_sets):
         ax = axes[0, c]

@@ -9,13 +9,14 @@ Tables are rounded to a fixed number of decimals so that two runs of the same pr
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from .io import atomic_path, write_json
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, cache_dir, data_dir
 
 PROVENANCE = "_provenance.json"
 
@@ -68,17 +69,40 @@ def save_figure(fig, name: str, figures_dir: str | Path, formats: tuple[str, ...
 
 
 def _portable(location: str | Path) -> str:
-    """A path inside the repository as a repository-relative path (manifests then read the same on any clone)."""
+    """A path as the manifest stores it, the same on any machine: under the cache root as ``$CACHE/...``, under the
+    data root as ``$DATA/...`` (the folders :func:`helpers.paths.cache_dir` / :func:`helpers.paths.data_dir` name,
+    moved with ``CLIPOOD_CACHE`` / ``CLIPOOD_DATA``), else inside the repository as a repository-relative path.
+    The most specific root wins; any other absolute path, and a pretrained tag such as ``"openai"``, stay as given."""
     if not Path(location).is_absolute():
         return str(location)  # a pretrained tag such as "openai"
-    try:
-        return Path(location).resolve().relative_to(REPO_ROOT.resolve()).as_posix()
-    except ValueError:
-        return str(location)  # outside the repository
+    path = Path(location).resolve()
+    roots = [("$CACHE/", cache_dir()), ("$DATA/", data_dir()), ("", REPO_ROOT)]
+    for prefix, root in sorted(roots, key=lambda r: -len(r[1].resolve().parts)):
+        if path.is_relative_to(root.resolve()):
+            return (prefix + path.relative_to(root.resolve()).as_posix()).removesuffix("/.")
+    return str(location)
+
+
+def portable_text(obj):
+    """``obj`` (a string, or lists / dicts of them) with every absolute path under the cache, data or repository
+    root written as :func:`_portable` writes it (``$CACHE/...``, ``$DATA/...``, repository-relative): messages the
+    manifest keeps (warnings, errors) then name no folder of the machine that ran them."""
+    if isinstance(obj, dict):
+        return {k: portable_text(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable_text(v) for v in obj]
+    if not isinstance(obj, str):
+        return obj
+    roots = [("$CACHE", cache_dir()), ("$DATA", data_dir()), ("", REPO_ROOT)]
+    for prefix, root in sorted(roots, key=lambda r: -len(str(r[1].resolve()))):
+        for form in {str(root.resolve()), str(root)}:
+            obj = re.sub(re.escape(form) + r"(/|\b)", lambda m, p=prefix: (p + "/") if p else "", obj)
+    return obj
 
 
 def record_provenance(results_dir: str | Path, *, models=(), datasets=(), extra: dict | None = None) -> None:
-    """Merge model ids / checkpoint hashes and dataset fingerprints into ``<results_dir>/_provenance.json``."""
+    """Merge model ids / checkpoint hashes and dataset fingerprints into ``<results_dir>/_provenance.json``.
+    Checkpoint files and dataset roots are recorded machine-independently (:func:`_portable`)."""
     path = Path(results_dir) / PROVENANCE
     prov = json.loads(path.read_text()) if path.is_file() else {"models": {}, "datasets": {}}
     for m in models:

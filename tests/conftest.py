@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -40,3 +43,38 @@ def tmp_cache(tmp_path, monkeypatch):
     path = tmp_path / "cache"
     monkeypatch.setenv("CLIPOOD_CACHE", str(path))
     return path
+
+
+@dataclass(frozen=True)
+class SmokeSeries:
+    """One smoke-profile run of every notebook: its ``--out`` folder, exit code and manifest."""
+
+    out: Path
+    code: int
+    manifest: dict
+
+    def results(self, stem: str) -> Path:
+        """``results/<stem>`` of the run, after checking that notebook ``stem`` ran and succeeded."""
+        entry = self.manifest.get("notebooks", {}).get(stem)
+        assert entry is not None, f"{stem} did not run in the smoke series (runner exit code {self.code})"
+        assert entry["status"] == "ok", (f"{stem} failed in the smoke series, cell {entry.get('cell')}: "
+                                         f"{entry.get('error')}; rerun: python -m helpers.run --profile smoke "
+                                         f"--only {stem[:2]}")
+        return self.out / "results" / stem
+
+    def figures(self, stem: str) -> Path:
+        return self.out / "figures" / stem
+
+
+@pytest.fixture(scope="session")
+def smoke_series(require_data, tmp_path_factory) -> SmokeSeries:
+    """The smoke profile of every notebook, executed once per test session and shared by every test that reads
+    its tables, figures or manifest (``--keep-going``: one failing notebook fails only the tests that read it).
+    It uses the default cache, like ``python -m helpers.run --profile smoke``: cold on a clean clone."""
+    from helpers.run import main
+
+    out = tmp_path_factory.mktemp("smoke-series")
+    code = main(["--profile", "smoke", "--keep-going", "--out", str(out)])
+    manifest_path = out / "results" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    return SmokeSeries(out, code, manifest)

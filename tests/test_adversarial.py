@@ -80,20 +80,17 @@ def test_score_attack_raises_the_detectors_score(smoke_model, pair_images):
 
 
 @pytest.mark.notebook
-def test_notebook_07_runs_in_the_smoke_profile(require_data, tmp_path):
+def test_notebook_07_runs_in_the_smoke_profile(smoke_series):
     import pandas as pd
 
-    from helpers.run import main
-
-    assert main(["--profile", "smoke", "--only", "07", "--out", str(tmp_path)]) == 0
-    res = tmp_path / "results" / "07_adversarial"
+    res = smoke_series.results("07_adversarial")
     scores = pd.read_csv(res / "scores.csv")
     assert set(scores.step) == {"memory bank with the targets", "memory bank without the targets", "steps", "eps"}
     main_rows = scores[scores.step == "memory bank with the targets"]
     assert {"dtd10 (real)", "dtd10 (smooth)", "dtd10 (patchy)", "mnist"} <= set(main_rows.ood_set)
     assert len(pd.read_csv(res / "auroc_drop.csv")) == 5
     assert {"examples.png", "attack_progress.png", "auroc_vs_eps.png"} <= {
-        p.name for p in (tmp_path / "figures" / "07_adversarial").glob("*.png")}
+        p.name for p in smoke_series.figures("07_adversarial").glob("*.png")}
 
 
 def test_attack_grid_with_fewer_pairs_than_columns():

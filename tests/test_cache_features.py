@@ -12,6 +12,7 @@ from hooks import count_extracted, interrupt_after
 from torchvision.transforms import Compose, Lambda
 
 import helpers.features as hf
+from helpers.cache import content_sha256
 from helpers.data import get_dataset
 from helpers.features import cache_key, cache_path, extract_features, text_features
 from helpers.io import sha256_file
@@ -161,6 +162,7 @@ def test_damaged_text_cache_is_recomputed(model, tmp_cache):
     arr = np.load(path)
     arr[0, 0] = np.nan
     np.save(path, arr)
+    path.with_name(path.name + ".sha256").write_text(content_sha256(arr))  # the hash passes: NaN check catches it
     with pytest.warns(UserWarning, match="NaN/inf"):
         np.testing.assert_array_equal(text_features(model, names, templates), t)
 

@@ -122,13 +122,10 @@ def test_fixed_logit_scale_pretraining_makes_a_larger_gap(require_data):
 
 
 @pytest.mark.notebook
-def test_notebook_06_runs_in_the_smoke_profile(require_data, tmp_path):
+def test_notebook_06_runs_in_the_smoke_profile(smoke_series):
     import pandas as pd
 
-    from helpers.run import main
-
-    assert main(["--profile", "smoke", "--only", "06", "--out", str(tmp_path)]) == 0
-    res = tmp_path / "results" / "06_cma"
+    res = smoke_series.results("06_cma")
     scores = pd.read_csv(res / "scores.csv")
     assert set(scores.method) == {"zero-shot", "FLYP (λ=0)", "CMA (λ=0.1)"}
     assert set(scores.model) == {"pocket:tiny-100", "pocket:tiny-100+cma", "pocket:tiny-100-fixed",
@@ -140,4 +137,4 @@ def test_notebook_06_runs_in_the_smoke_profile(require_data, tmp_path):
     claims = pd.read_csv(res / "claims.csv")
     assert len(claims) == 2 * 4 and set(claims.verdict) <= {"holds", "reversed", "within noise"}
     assert {"projection.png", "gap_vs_lambda.png", "auroc_vs_gap.png"} <= {
-        p.name for p in (tmp_path / "figures" / "06_cma").glob("*.png")}
+        p.name for p in smoke_series.figures("06_cma").glob("*.png")}

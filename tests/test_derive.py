@@ -87,8 +87,8 @@ def test_benchmark_subset_and_with_model(parent, tmp_cache):
 def test_load_benchmark_rejects_a_string_list_and_duplicate_names(parent, tmp_path):
     from helpers.benchmark import load_benchmark
 
-    with pytest.raises(TypeError, match="list of dataset names"):
-        load_benchmark(parent, "cifar10-test", "dtd10", workers=0)
+    with pytest.raises(ValueError, match="list of dataset names.*one-character names 'd'"):  # a string split up
+        load_benchmark(parent, "cifar10-test", ["d", "t", "d"], workers=0)
     for d in ("a/val", "b/val"):
         (tmp_path / d / "x").mkdir(parents=True)
         from PIL import Image

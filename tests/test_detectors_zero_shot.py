@@ -388,12 +388,10 @@ def test_real_wordnet_when_installed():
 
 # ------------------------------------------------------------------------------------------ notebook 02
 @pytest.mark.notebook
-def test_notebook_02_runs_in_the_smoke_profile(require_data, tmp_path):
+def test_notebook_02_runs_in_the_smoke_profile(smoke_series):
     from helpers.profiles import NOTEBOOKS
-    from helpers.run import main
 
-    assert main(["--profile", "smoke", "--only", "02", "--out", str(tmp_path)]) == 0
-    res, fig = tmp_path / "results" / "02_zero_shot", tmp_path / "figures" / "02_zero_shot"
+    res, fig = smoke_series.results("02_zero_shot"), smoke_series.figures("02_zero_shot")
     scores = pd.read_csv(res / "scores.csv")
     main_rows = scores[scores["step"] == "main"]
     assert set(main_rows["ood_set"]) == {"dtd10", "mnist", "fashion-mnist", "tiny-imagenet-near"}
@@ -420,6 +418,6 @@ def test_notebook_02_runs_in_the_smoke_profile(require_data, tmp_path):
     assert (mining["candidates"] <= cap).all() and (mining["selected"] == (mining["candidates"] * 0.15).astype(int)).all()
     assert {"score_histograms.png", "roc_curves.png", "mcm_vs_temperature.png", "protocol_sensitivity.png",
             "neglabel_mining.png"} <= {p.name for p in fig.glob("*.png")}
-    manifest = json.loads((tmp_path / "results" / "manifest.json").read_text())
+    manifest = json.loads((smoke_series.out / "results" / "manifest.json").read_text())
     extra = manifest["notebooks"]["02_zero_shot"]["provenance"]["extra"]
     assert extra["02_word_source"] and extra["02_negative_labels"] > 0

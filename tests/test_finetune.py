@@ -314,13 +314,10 @@ def test_coop_model_is_a_derived_model_with_learned_prompts(smoke_model, train_f
 
 # ------------------------------------------------------------------------------------------------- notebook
 @pytest.mark.notebook
-def test_notebook_04_runs_in_the_smoke_profile(require_data, tmp_path):
-    from helpers.run import main
-
-    assert main(["--profile", "smoke", "--only", "04", "--out", str(tmp_path)]) == 0
-    manifest = json.loads((tmp_path / "results" / "manifest.json").read_text())
+def test_notebook_04_runs_in_the_smoke_profile(smoke_series):
+    manifest = json.loads((smoke_series.out / "results" / "manifest.json").read_text())
+    res = smoke_series.results("04_finetune")
     assert manifest["notebooks"]["04_finetune"]["status"] == "ok"
-    res = tmp_path / "results" / "04_finetune"
     summary = pd.read_csv(res / "summary.csv")
     assert {"zero-shot", "linear probe", "PLP", "fine-tune", "CoOp", "LoCoOp"} <= set(summary.method)
     scores = pd.read_csv(res / "scores.csv", dtype={"shots": str})
@@ -332,4 +329,4 @@ def test_notebook_04_runs_in_the_smoke_profile(require_data, tmp_path):
     assert set(claims.verdict) <= {"holds", "reversed", "within noise"} and len(claims) == 4 * 3
     assert (claims.verdict.eq("holds") == (claims["CI low"] > 0)).all()
     assert (claims.verdict.eq("reversed") == (claims["CI high"] < 0)).all()
-    assert list((tmp_path / "figures" / "04_finetune").glob("*.png"))
+    assert list(smoke_series.figures("04_finetune").glob("*.png"))

@@ -30,20 +30,18 @@ def _stand_in(folder: Path, source: str, n: int) -> str:
 
 
 @pytest.mark.notebook
-def test_paper_branch_of_notebook_02_on_the_imagenet_sample(require_data, tmp_path, tmp_cache, paper_world):
+def test_paper_branch_of_notebook_02_on_the_imagenet_sample(tmp_path, paper_world, monkeypatch):
     import papermill as pm
 
-    words = tmp_path / "words.txt"  # a small vocabulary instead of WordNet: the text tower is the slow part
-    names = [line.split("\t")[1].split(",")[0] for line in
-             (data_dir() / DATASETS["tiny-imagenet-val"].root / "classes.tsv").read_text().splitlines()[:150]]
-    words.write_text("\n".join(names + ["shiny\tadj", "wooden\tadj", "striped\tadj", "frozen\tadj"] * 1) + "\n")
-    ood = [_stand_in(tmp_path / "ood" / "inaturalist", "tiny-imagenet-near", 40),
-           _stand_in(tmp_path / "ood" / "textures", "dtd10", 40), "ninco"]
+    # the module's cache, vocabulary and stand-ins: notebook 01 then reads these features instead of extracting again
+    monkeypatch.setenv("CLIPOOD_CACHE", str(paper_world["root"] / "cache"))
+    words = paper_world["words"]  # a small vocabulary instead of WordNet: the text tower is the slow part
+    ood = [paper_world["ood"]["inaturalist"], paper_world["ood"]["textures"], "ninco"]
     paper = parameters("paper", "02")
     assert paper["compare_published"] and paper["neglabel_max_words"] is None and "ninco" in paper["ood_datasets"]
     params = {**paper, "model": "ViT-B-16/random-img32-ctx8", "device": "cpu",
               "amp": False, "id_dataset": "imagenet-sample", "ood_datasets": ood, "batch_size": 100, "workers": 0,
-              "n_boot": 10, "word_source": "list", "word_list": str(words),
+              "n_boot": 10, "word_source": "list", "word_list": words,
               "detectors": [{"name": "mcm", "T": 1.0}, {"name": "mcm", "T": 0.01}, {"name": "max_logit", "T": 0.01},
                             {"name": "energy", "T": 1.0}, {"name": "energy", "T": 0.01}, {"name": "entropy", "T": 1.0},
                             {"name": "entropy", "T": 0.01}, {"name": "l_mcm", "T": 1.0},
@@ -85,15 +83,24 @@ def test_paper_branch_of_notebook_02_on_the_imagenet_sample(require_data, tmp_pa
 # cannot exist here reduced (model, datasets, epochs, steps, pairs). Nothing of the paper code path is skipped
 # except notebook 03's familiar-OOD study, which is the same CIFAR-10 code in every profile (the smoke test runs it).
 RANDOM_B16 = "ViT-B-16/random-img32-ctx8"
+MCM, LP_MSP = {"name": "mcm", "T": 1.0}, {"name": "linear_probe", "score": "msp"}
+KNN_PLP = {"name": "knn", "k": 1, "feature": "preproj", "standardize": True}
 REDUCED = {
-    "01": {"zero_shot_prompts": ["single", "plp5"], "gap_prompts": "plp5"},  # 80 x 1000 prompts: the slow part on a CPU
+    # every prompt of every class goes through the text tower, the slow part on a CPU (50 s per 1,000 prompts on a
+    # busy 2-core machine): one prompt per class wherever the prompt set is not what the paper path is about
+    "01": {"zero_shot_prompts": ["single"], "gap_prompts": "single"},
+    # the family's three members without PLP: its 5-prompt pseudo-labels would cost 5,000 prompts per member (PLP
+    # itself runs on the main model; the smoke profile runs it in a family)
     "03": {"probe_dataset": "imagenet-sample", "probe_epochs": 2, "familiar_experiments": {},
-           "family": [RANDOM_B16, "ViT-B-16/random-seed1-img32-ctx8", "ViT-B-16/random-seed2-img32-ctx8"]},
-    # CoOp's prompts "X x n_ctx + class name" need more than 8 tokens: its own random model, with 24. Every step of
-    # prompt learning runs the text tower on all 1,000 class prompts: one step per epoch (batch = the 1,000 images)
-    "04": {"model": "ViT-B-16/random-img32-ctx24", "coop_n_ctx": 4, "train_dataset": "imagenet-sample",
-           "shots": [1], "seeds": [1], "probe_epochs": 2, "ft_epochs": {"1": 1}, "ft_batch_size": 1000,
-           "coop_epochs": {"1": 1}, "coop_batch_size": 1000},
+           "family": [RANDOM_B16, "ViT-B-16/random-seed1-img32-ctx8", "ViT-B-16/random-seed2-img32-ctx8"],
+           "family_detectors": [MCM, LP_MSP, KNN_PLP], "family_pairings": [[MCM, MCM], [LP_MSP, KNN_PLP]]},
+    # CoOp's prompts "X x n_ctx + class name" need more than 8 tokens: its own random model, with 16, the fewest
+    # that hold "X X <the longest ImageNet class name>." (18 with 4 context tokens). Every step of prompt learning
+    # runs the text tower on all 1,000 class prompts: one step per epoch (batch = the 1,000 images); PLP's
+    # pseudo-labels from one prompt, not five (notebook 03 runs the 5-prompt ensemble on ImageNet's classes)
+    "04": {"model": "ViT-B-16/random-img32-ctx16", "coop_n_ctx": 2, "plp_prompts": "single",
+           "train_dataset": "imagenet-sample", "shots": [1], "seeds": [1], "probe_epochs": 2, "ft_epochs": {"1": 1},
+           "ft_batch_size": 1000, "coop_epochs": {"1": 1}, "coop_batch_size": 1000},
     "05": {"search_dataset": "imagenet-sample", "ratios": [0.0, 0.1], "split_seeds": [0], "ft_epochs": 1,
            "ft_batch_size": 1000, "lora_r": 4, "lora_alpha": 2},
     "06": {"train_dataset": "imagenet-sample", "train_per_class": None, "epochs": 1, "ft_batch_size": 500,

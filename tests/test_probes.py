@@ -311,13 +311,10 @@ def test_familiar_gaps_and_verdict_hand_worked():
 
 # ---------------------------------------------------------------------------------------- notebook 03
 @pytest.mark.notebook
-def test_notebook_03_runs_in_the_smoke_profile(require_data, tmp_path):
-    from helpers.run import main
-
-    assert main(["--profile", "smoke", "--only", "03", "--out", str(tmp_path)]) == 0
-    manifest = json.loads((tmp_path / "results" / "manifest.json").read_text())
+def test_notebook_03_runs_in_the_smoke_profile(smoke_series):
+    manifest = json.loads((smoke_series.out / "results" / "manifest.json").read_text())
+    results = smoke_series.results("03_probes")
     assert manifest["notebooks"]["03_probes"]["status"] == "ok"
-    results = tmp_path / "results" / "03_probes"
     for table in ("scores", "id_accuracy", "ood_methods_auroc", "plp_vs_mcm", "familiar_ood_gaps",
                   "familiar_ood_verdict", "family_correlation", "family_fit"):
         assert (results / f"{table}.csv").is_file(), table
@@ -330,4 +327,4 @@ def test_notebook_03_runs_in_the_smoke_profile(require_data, tmp_path):
     assert fam["model"].nunique() == 5  # pockets-100: tiny-100, and tiny-100-snapshots at 25/50/75/100%
     fits = pd.read_csv(results / "family_fit.csv")
     assert len(fits) == 3 and fits["r2"].between(0, 1).all()
-    assert list((tmp_path / "figures" / "03_probes").glob("*.png"))
+    assert list(smoke_series.figures("03_probes").glob("*.png"))

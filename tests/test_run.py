@@ -43,36 +43,38 @@ def test_failing_notebook_names_notebook_and_cell(tmp_path, monkeypatch, capsys)
 
 
 @pytest.mark.notebook
-def test_smoke_profile_twice_gives_identical_tables(require_data, tmp_path):
-    """Runs every notebook in the smoke profile (this is the notebooks' smoke test) twice: cold and cached."""
-    assert main(["--profile", "smoke", "--out", str(tmp_path / "a")]) == 0
-    assert main(["--profile", "smoke", "--out", str(tmp_path / "b")]) == 0
-    manifest = json.loads((tmp_path / "a" / "results" / "manifest.json").read_text())
+def test_smoke_profile_twice_gives_identical_tables(smoke_series, tmp_path):
+    """Every notebook in the smoke profile (this is the notebooks' smoke test) twice: the session's shared run
+    (``smoke_series``, cold where the cache was empty) and a second, cached run here."""
+    a, b = smoke_series.out, tmp_path / "b"
+    assert smoke_series.code == 0, f"the smoke series failed: {smoke_series.manifest.get('notebooks')}"
+    assert main(["--profile", "smoke", "--out", str(b)]) == 0
+    manifest = json.loads((a / "results" / "manifest.json").read_text())
     assert set(manifest["notebooks"]) == {p.stem for p in notebooks()}
     assert all(e["status"] == "ok" for e in manifest["notebooks"].values())
     assert manifest["models"] and manifest["datasets"]["cifar10"]["sha256"]
-    tables_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a" / "results").rglob("*.csv"))
-    tables_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b" / "results").rglob("*.csv"))
+    tables_a = sorted(p.relative_to(a) for p in (a / "results").rglob("*.csv"))
+    tables_b = sorted(p.relative_to(b) for p in (b / "results").rglob("*.csv"))
     assert tables_a and tables_a == tables_b
     for rel in tables_a:
-        assert filecmp.cmp(tmp_path / "a" / rel, tmp_path / "b" / rel, shallow=False), f"{rel} differs"
+        assert filecmp.cmp(a / rel, b / rel, shallow=False), f"{rel} differs"
     for nb in notebooks():
-        assert list((tmp_path / "a" / "figures" / nb.stem).glob("*.png")), f"{nb.stem} wrote no figure"
+        assert list((a / "figures" / nb.stem).glob("*.png")), f"{nb.stem} wrote no figure"
     # notebook 08 summarised *this* run's tables (the runner passes results_root), not the committed ones
     import pandas as pd
 
     from helpers.profiles import COMMON
 
-    main_rows = pd.read_csv(tmp_path / "a" / "results" / "08_figures" / "main_comparison.csv")
+    main_rows = pd.read_csv(a / "results" / "08_figures" / "main_comparison.csv")
     assert set(main_rows["model"].str.split("+").str[0]) == {COMMON["smoke"]["model"]}
-    assert (tmp_path / "a" / "figures" / "08_figures" / "main_comparison.pdf").is_file()
+    assert (a / "figures" / "08_figures" / "main_comparison.pdf").is_file()
 
 
 def test_manifest_paths_are_repository_relative():
     from helpers.paths import REPO_ROOT
     from helpers.report import _portable
 
-    assert _portable(REPO_ROOT / "cache" / "models" / "m.safetensors") == "cache/models/m.safetensors"
+    assert _portable(REPO_ROOT / "results" / "01_features" / "t.csv") == "results/01_features/t.csv"
     assert _portable("openai") == "openai"  # a pretrained tag is not a path, whatever the working folder
     assert _portable("/elsewhere/m.pt") == "/elsewhere/m.pt"
 

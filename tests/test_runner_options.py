@@ -150,7 +150,7 @@ def test_overrides_are_typed_injected_where_defined_and_recorded(repo, capsys):
     assert all(e["git_commit"] == manifest["git_commit"] and e["git_dirty"] is False
                for e in manifest["notebooks"].values()), "each notebook records the commit it ran at (notebook 08 reads it)"
     # progress: one line per code cell (the injected-parameters cell included), numbered out of the total
-    executed = nbformat.read(repo / "build" / "smoke" / "01_alpha.ipynb", as_version=4)
+    executed = nbformat.read(repo / "out" / "notebooks" / "01_alpha.ipynb", as_version=4)  # --out: its own copy
     n_code = sum(c.cell_type == "code" for c in executed.cells)
     cells = re.findall(r"^\[run\] 01_alpha: cell (\d+)/(\d+) done in \d+\.\d s \(\d+\.\d s elapsed\)$", out, re.M)
     assert [int(k) for k, _ in cells] == list(range(1, n_code + 1)) and {int(n) for _, n in cells} == {n_code}
@@ -161,7 +161,7 @@ def test_overrides_keep_the_committed_teaching_results(repo, capsys):
     code = main(["--profile", "teaching", "--only", "05", "--set", "version=7"])
     assert code == 0, capsys.readouterr()
     assert not (repo / "results").exists()
-    assert (repo / "build" / "teaching" / "results" / "05_gamma" / "table.csv").read_text() == "version,7\n"
+    assert (repo / "build" / "teaching" / "custom" / "results" / "05_gamma" / "table.csv").read_text() == "version,7\n"
 
 
 def test_failed_notebook_keeps_previous_outputs_and_writes_none(repo, capsys):
@@ -170,7 +170,7 @@ def test_failed_notebook_keeps_previous_outputs_and_writes_none(repo, capsys):
     res, figs = out_dir / "results" / "05_gamma", out_dir / "figures" / "05_gamma"
     assert main([*args, "--set", "version=1"]) == 0
     assert (res / "table.csv").read_text() == "version,1\n" and (res / "only_in_v1.csv").is_file()
-    assert not (out_dir / "build").exists() and not list((repo / "build" / "smoke" / ".staging").iterdir())
+    assert not (out_dir / "build").exists() and not list((out_dir / ".staging").iterdir())
     capsys.readouterr()
 
     code = main([*args, "--set", "version=2", "--set", "fail=true"])
@@ -184,7 +184,7 @@ def test_failed_notebook_keeps_previous_outputs_and_writes_none(repo, capsys):
     assert (figs / "plot.png").read_bytes() == b"png 1"
     assert sorted(p.name for p in res.iterdir()) == ["only_in_v1.csv", "table.csv"]
     manifest = json.loads((out_dir / "results" / "manifest.json").read_text())
-    assert manifest["notebooks"]["05_gamma"]["status"] == "failed"
+    assert manifest["notebooks"]["05_gamma"]["last_failure"]["status"] == "failed"  # beside the good entry
 
     assert main([*args, "--set", "version=3"]) == 0  # a success replaces the whole folder
     assert sorted(p.name for p in res.iterdir()) == ["table.csv"] and (res / "table.csv").read_text() == "version,3\n"

@@ -149,13 +149,10 @@ def test_training_updates_moves_only_the_edited_weights(smoke_model, split, tmp_
 
 
 @pytest.mark.notebook
-def test_notebook_05_runs_in_the_smoke_profile(require_data, tmp_path):
+def test_notebook_05_runs_in_the_smoke_profile(smoke_series):
     import pandas as pd
 
-    from helpers.run import main
-
-    assert main(["--profile", "smoke", "--only", "05", "--out", str(tmp_path)]) == 0
-    res = tmp_path / "results" / "05_setar"
+    res = smoke_series.results("05_setar")
     scores = pd.read_csv(res / "scores.csv")
     assert set(scores.method) == {"zero-shot", "SeTAR", "SeTAR+FT", "LoRA"}
     assert scores[scores.method != "zero-shot"].model_id.str.contains(r"\+(setar|setar-ft|lora):").all()
@@ -164,4 +161,4 @@ def test_notebook_05_runs_in_the_smoke_profile(require_data, tmp_path):
     ratios = pd.read_csv(res / "selected_ratios.csv")
     assert len(ratios) == 2 and ratios.drop(columns="split seed").isin([0.0, 0.1, 0.2]).all().all()
     assert {"selected_ratios.png", "search_objective.png", "spectrum.png"} <= {
-        p.name for p in (tmp_path / "figures" / "05_setar").glob("*.png")}
+        p.name for p in smoke_series.figures("05_setar").glob("*.png")}

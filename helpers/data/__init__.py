@@ -24,9 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatasetNotPreparedError, UnknownClassError, UnknownDatasetError
+from ..errors import DatasetNotPreparedError, UnknownClassError, UnknownDatasetError, UsageError
 from ..paths import data_dir as default_data_dir
-from .imagefolder import ImageFolderDataset, class_folders, collate_skip, per_class_choice, scan_imagefolder
+from .imagefolder import (
+    DatasetRootTooBroadError,
+    ImageFolderDataset,
+    check_root,
+    class_folders,
+    collate_skip,
+    per_class_choice,
+    scan_imagefolder,
+)
 from .mirror import import_from_mirror
 from .registry import (
     DATASETS,
@@ -37,10 +45,11 @@ from .registry import (
     TINY_IMAGENET_CIFAR10_OVERLAP,
     DatasetSpec,
 )
+from .wnids import all_wnids, wnid_names
 
 __all__ = [
-    "DATASETS", "DatasetSpec", "ImageFolderDataset", "PAPER_ID", "PAPER_OOD", "TEACHING_ID", "TEACHING_OOD",
-    "TINY_IMAGENET_CIFAR10_OVERLAP", "collate_skip", "get_dataset", "import_from_mirror", "prepared", "prompt_name",
+    "DATASETS", "DatasetRootTooBroadError", "DatasetSpec", "ImageFolderDataset", "PAPER_ID", "PAPER_OOD", "TEACHING_ID", "TEACHING_OOD",
+    "TINY_IMAGENET_CIFAR10_OVERLAP", "as_dataset_list", "collate_skip", "get_dataset", "import_from_mirror", "prepared", "prompt_name",
     "read_class_names", "split_per_class",
 ]
 
@@ -53,6 +62,8 @@ def prompt_name(name: str) -> str:
 def read_class_names(spec_kind: str, root: Path, classes: Sequence[str]) -> list[str]:
     """Prompt-ready class names for the class folders ``classes`` of a dataset rooted at ``root``."""
     if spec_kind == "folders":
+        if all_wnids(classes):  # ImageNet-style folders (n01440764): named through ImageNet / WordNet
+            return wnid_names(root, classes, prompt_name)
         return [prompt_name(c) for c in classes]
     if spec_kind == "tsv":
         tsv = root / "classes.tsv"
@@ -76,6 +87,31 @@ def read_class_names(spec_kind: str, root: Path, classes: Sequence[str]) -> list
 
 def _imagenet_wnids(root: Path) -> list[str]:
     return [d.name for d in root.iterdir() if d.is_dir() and d.name.startswith("n")]
+
+
+def as_dataset_list(value, name: str = "ood_datasets") -> list:
+    """``value`` as a list of datasets (registered names, folders or :class:`ImageFolderDataset` objects).
+
+    A single name, path or dataset is a list of one, so that ``ood_datasets=/data/my_ood`` (no brackets) loads
+    that one folder instead of iterating its characters. A one-character name (what iterating a string yields;
+    ``/`` would scan the whole machine) and anything that is neither a name, a path, a dataset nor a list of them
+    raise :class:`~helpers.errors.UsageError` showing the syntax that works.
+    """
+    one = (str, os.PathLike, ImageFolderDataset)
+    items = [value] if isinstance(value, one) else list(value) if isinstance(value, (list, tuple)) else None
+    bad = [v for v in items or [] if not isinstance(v, one)
+           or not isinstance(v, ImageFolderDataset) and len(os.fspath(v)) < 2]
+    if items is None or bad:
+        short = [v for v in bad if isinstance(v, (str, os.PathLike))]
+        why = (f"got a value of type {type(value).__name__}" if items is None else
+               f"got entries that are not names or folders: {', '.join(repr(v) for v in bad[:5])}" if not short else
+               f"got one-character names {', '.join(repr(v) for v in short[:5])}{', ...' if len(short) > 5 else ''}"
+               f": a single path given without brackets was split into characters on the way")
+        raise UsageError(
+            f"{name} must be a list of dataset names or ImageFolder folders ({name}={value!r:.200}), {why}. Fix: "
+            f"write a list, e.g. --set {name}='[\"/data/a\"]' (several: --set {name}='[\"/data/a\", \"/data/b\"]'"
+            f"; the same list as a notebook parameter).")
+    return items
 
 
 def prepared(name: str, data_dir: str | os.PathLike | None = None) -> bool:
@@ -131,6 +167,26 @@ def _class_filter(root: Path, name: str, classes: Sequence[str] | None, exclude:
     return drop
 
 
+def _spec_and_root(text: str, data: Path) -> tuple[DatasetSpec, Path]:
+    """The spec and root folder of a registered name or of an ImageFolder path (``/`` and home refused)."""
+    if text not in DATASETS and (Path(text).is_dir() or os.sep in text or text.startswith("~")
+                                 or (os.altsep is not None and os.altsep in text)):
+        root = _folder_path(text)
+        check_root(root)  # "/" or the home folder: refused before anything is listed
+        return DatasetSpec(root.name or root.resolve().name, str(root), "custom"), root
+    spec = resolve(text)
+    root = data / spec.root
+    if not root.is_dir():
+        how = (f"`python -m helpers.data import --mirror DIR` (or `make data MIRROR=DIR`) unpacks it from the "
+               f"mirror archive {spec.archive}" if spec.archive else
+               f"`python -m helpers.data prepare {spec.name} --download-dir DIR` prepares it")
+        raise DatasetNotPreparedError(
+            f"Dataset {spec.name!r} is not prepared: {root} does not exist. Fix: {how}; "
+            f"official source: {spec.source}."
+        )
+    return spec, root
+
+
 def get_dataset(
     source: str | os.PathLike,
     /,
@@ -144,6 +200,7 @@ def get_dataset(
     data_dir: str | os.PathLike | None = None,
     classes: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
+    max_files: int | None = None,
 ) -> ImageFolderDataset:
     """Load a registered dataset (``source`` is its name) or any ImageFolder directory (``source`` is its path).
 
@@ -152,30 +209,17 @@ def get_dataset(
     ``on_error``: ``"fail"`` raises on an undecodable image, ``"skip"`` skips it and records its path.
     ``name`` renames the dataset (tables and caches use it); a folder dataset is named after its folder
     by default. ``classes`` keeps only these class folders, ``exclude`` drops these (labels count the kept
-    folders in sorted order; an unknown folder name is an error).
+    folders in sorted order; an unknown folder name is an error). A folder that is the filesystem root or the
+    home folder, or holds more than ``max_files`` files (default: env ``CLIPOOD_MAX_DATASET_FILES``, else
+    2,000,000), is refused. Class folders named by WordNet id (``n01440764``) are named through ImageNet-1k's
+    class names or WordNet (:mod:`helpers.data.wnids`).
     """
-    data = Path(data_dir) if data_dir else default_data_dir()
-    text = os.fspath(source)
-    if text not in DATASETS and (Path(text).is_dir() or os.sep in text or text.startswith("~")
-                                 or (os.altsep is not None and os.altsep in text)):
-        root = _folder_path(text)
-        spec = DatasetSpec(root.name or root.resolve().name, str(root), "custom")
-    else:
-        spec = resolve(text)
-        root = data / spec.root
-        if not root.is_dir():
-            how = (f"`python -m helpers.data import --mirror DIR` (or `make data MIRROR=DIR`) unpacks it from the "
-                   f"mirror archive {spec.archive}" if spec.archive else
-                   f"`python -m helpers.data prepare {spec.name} --download-dir DIR` prepares it")
-            raise DatasetNotPreparedError(
-                f"Dataset {spec.name!r} is not prepared: {root} does not exist. Fix: {how}; "
-                f"official source: {spec.source}."
-            )
+    spec, root = _spec_and_root(os.fspath(source), Path(data_dir) if data_dir else default_data_dir())
     ds_name = name or spec.name
     user_drop = _class_filter(root, ds_name, classes, exclude) if classes is not None or exclude else set()
     # a held-out split is drawn over all its classes, so a class subset of it keeps exactly its images
     late_drop = user_drop if spec.holdout is not None else set()
-    kept, samples = scan_imagefolder(root, exclude=set(spec.exclude) | (user_drop - late_drop))
+    kept, samples = scan_imagefolder(root, exclude=set(spec.exclude) | (user_drop - late_drop), max_files=max_files)
     if not samples:
         raise DatasetNotPreparedError(f"Dataset {ds_name!r} at {root} contains no images.")
     names = (list(class_names) if class_names is not None and not late_drop

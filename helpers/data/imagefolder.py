@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import warnings
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -12,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
-from ..errors import ClassNameMismatchError, CorruptImageError, EmptyClassError, clause
+from ..errors import ClassNameMismatchError, CorruptImageError, EmptyClassError, UsageError, clause
 from ..io import atomic_path
 from ..paths import cache_dir
 
@@ -21,6 +23,14 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 _CONTENT: dict[str, str] = {}  # content fingerprints already computed, by file-list fingerprint
+MAX_DATASET_FILES = 2_000_000  # the most files one dataset root may hold (ImageNet-1k train has 1.28 M)
+MAX_FILES_ENV = "CLIPOOD_MAX_DATASET_FILES"  # overrides MAX_DATASET_FILES
+PROGRESS_AFTER_FILES = 10_000  # a scan shows a progress bar once it has seen this many files ...
+PROGRESS_AFTER_SECONDS = 2.0  # ... or has run this long
+
+
+class DatasetRootTooBroadError(UsageError):
+    """A dataset folder that is the filesystem root, the home folder, or holds more files than the cap."""
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -52,15 +62,149 @@ def class_folders(root: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def scan_imagefolder(root: Path, exclude: Collection[str] = ()) -> tuple[list[str], list[tuple[str, int]]]:
+def max_dataset_files(max_files: int | None = None) -> int:
+    """The most files one dataset root may hold: ``max_files`` when given, else the environment variable
+    ``CLIPOOD_MAX_DATASET_FILES``, else :data:`MAX_DATASET_FILES`."""
+    raw, where = (max_files, "max_files") if max_files is not None else (
+        os.environ.get(MAX_FILES_ENV), MAX_FILES_ENV)
+    if raw is None:
+        return MAX_DATASET_FILES
+    try:
+        value = int(str(raw).replace("_", "").replace(",", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"{where}={raw!r} is not a positive number of files. Fix: e.g. {MAX_FILES_ENV}=5000000 "
+                         f"(default {MAX_DATASET_FILES:,}).")
+    return value
+
+
+def check_root(root: Path) -> None:
+    """Refuse the filesystem root and the home folder as dataset roots, before anything is listed."""
+    real = Path(root).expanduser().resolve()
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no home folder known
+        home = None
+    if real == real.parent or real == home:
+        what = "the filesystem root" if real == real.parent else "your home folder"
+        raise DatasetRootTooBroadError(
+            f"Dataset folder {root} is {what}: scanning it would read every file below it, so it is refused. A "
+            f"single path given where a list is expected (ood_datasets=/data/x without brackets) is split into "
+            f"characters, and '/' is the first. Fix: pass the folder that holds the class folders "
+            f"(<folder>/<class>/<image>), and lists as lists: --set ood_datasets='[\"/data/my_ood\"]'.")
+
+
+class _Walk:
+    """Lists the folders below class folders without leaving the dataset or looping.
+
+    Real folders are listed first (:meth:`tree`), then symlinked folders (:meth:`follow`): one is followed only when
+    its target lies inside the dataset root (or the class folder being listed) and was not listed yet, so a folder
+    reachable both ways keeps its real path and every image is listed once. Files are counted against a cap while
+    listing, and a long scan shows a progress bar.
+    """
+
+    def __init__(self, root: Path, cap: int, progress: bool):
+        self.root, self.cap, self.progress = root, cap, progress
+        self.real_root = os.path.realpath(root)
+        self.seen: set[tuple[int, int]] = set()
+        self.files, self.bar, self.t0 = 0, None, time.monotonic()
+
+    def first_visit(self, path: str | os.PathLike) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        key = (st.st_dev, st.st_ino)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+    def tree(self, top: str) -> tuple[list[tuple[str, list[str]]], list[str]]:
+        """``(folder, file names)`` of ``top`` and the real folders below it, and the symlinked folders met."""
+        out, links, stack = [], [], [top]
+        while stack:
+            d = stack.pop()
+            try:
+                with os.scandir(d) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError:
+                continue  # an unreadable folder is skipped, as os.walk did
+            files = []
+            for e in entries:
+                kind = _kind(e)
+                if kind == "file":
+                    files.append(e.name)
+                elif kind == "link":
+                    links.append(e.path)
+                elif self.first_visit(e.path):
+                    stack.append(e.path)
+            out.append((d, files))
+            self._count(len(files))
+        return out, links
+
+    def follow(self, links: list[str], top: str) -> list[tuple[str, list[str]]]:
+        """The folders reached through the symlinked folders ``links`` (and the links below them) whose target
+        lies inside the dataset root or ``top`` and was not listed yet."""
+        inside = tuple(r.rstrip(os.sep) + os.sep for r in (self.real_root, os.path.realpath(top)))
+        out, pending = [], sorted(links)
+        while pending:
+            link = pending.pop(0)
+            if (os.path.realpath(link) + os.sep).startswith(inside) and self.first_visit(link):
+                folders, nested = self.tree(link)
+                out += folders
+                pending += sorted(nested)
+        return out
+
+    def _count(self, n: int) -> None:
+        self.files += n
+        if self.files > self.cap:
+            self.close()
+            raise DatasetRootTooBroadError(
+                f"Dataset folder {self.root} holds more than {self.cap:,} files (stopped counting at "
+                f"{self.files:,}): more than a dataset should (ImageNet-1k train has 1.28 M), so the path probably "
+                f"points above the dataset. Fix: pass the folder that holds the class folders "
+                f"(<folder>/<class>/<image>); if the dataset really is this large, raise the cap with "
+                f"get_dataset(..., max_files=N) or the environment variable {MAX_FILES_ENV}=N.")
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.progress and (self.files > PROGRESS_AFTER_FILES
+                                or time.monotonic() - self.t0 > PROGRESS_AFTER_SECONDS):
+            self.bar = tqdm(desc=f"scanning {self.root}", unit=" files", initial=self.files)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """``"dir"`` (a real folder), ``"link"`` (a symlink to a folder) or ``"file"`` (anything else, as os.walk)."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            return "dir"
+        return "link" if entry.is_symlink() and entry.is_dir() else "file"
+    except OSError:
+        return "file"
+
+
+def scan_imagefolder(root: Path, exclude: Collection[str] = (), *, max_files: int | None = None,
+                     progress: bool = True) -> tuple[list[str], list[tuple[str, int]]]:
     """Class folders (sorted) and ``(relative path, label)`` pairs sorted by class then file name.
 
     A folder without class sub-folders is one class named after the folder. Class folders named in ``exclude``
     are left out (not scanned; the labels count the kept folders). A class folder without any image raises
     :class:`~helpers.errors.EmptyClassError` naming every such folder; files that are not images (by extension,
     :data:`IMG_EXTENSIONS`; hidden files aside) are skipped with one warning that gives their count and names.
+    The filesystem root, the home folder and a root with more than :func:`max_dataset_files` files are refused
+    (:class:`DatasetRootTooBroadError`); symlinked folders are followed only within the dataset and once (see
+    :class:`_Walk`); a scan past 10,000 files or 2 s shows a progress bar unless ``progress=False``.
     """
+    check_root(root)
+    walk = _Walk(root, max_dataset_files(max_files), progress)
     subdirs = class_folders(root)
+    for folder in [root, *(root / d for d in subdirs)]:  # no link below a class folder leads into another
+        walk.first_visit(folder)
     if not subdirs:
         classes, dirs = [root.name], [root]
     else:
@@ -69,11 +213,16 @@ def scan_imagefolder(root: Path, exclude: Collection[str] = ()) -> tuple[list[st
         dirs = [root / d for d in classes]
     samples = []
     empty, others = [], []
-    for label, d in enumerate(dirs):
+    try:
+        found = [walk.tree(str(d)) for d in dirs]  # every real folder first: it keeps its own path and class
+        found = [folders + walk.follow(links, str(d)) for d, (folders, links) in zip(dirs, found)]
+    finally:
+        walk.close()
+    for label, (d, folders) in enumerate(zip(dirs, found)):
         n_before = len(samples)
-        for dirpath, _, files in sorted(os.walk(d, followlinks=True)):
+        for dirpath, files in sorted(folders):
             rel = os.path.relpath(dirpath, root)  # once per folder: relpath per file costs seconds on 50k files
-            for f in sorted(files):
+            for f in files:
                 path = f if rel == "." else os.path.join(rel, f)
                 if f.lower().endswith(IMG_EXTENSIONS):
                     samples.append((path, label))

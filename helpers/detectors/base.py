@@ -98,7 +98,7 @@ class Detector:
     hidden: ClassVar[tuple[str, ...]] = ()  # params left out of the label (sources, seeds: in the params column)
 
     def _title(self) -> str:
-        return self.title or self.name
+        return self.title or self.name or type(self).__name__  # a custom class may set neither
 
     @property
     def label(self) -> str:

@@ -40,17 +40,15 @@ shuffling. The word lists are every WordNet lemma, not the reference's pre-extra
 from __future__ import annotations
 
 import json
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..cache import code_hash, slug
+from ..cache import code_hash, load_checked, save_checked, slug
 from ..features import text_features
-from ..io import atomic_path, sha256_json
+from ..io import sha256_json
 from ..paths import cache_dir
 from ..prompts import get_prompts
 from .base import register
@@ -184,7 +182,7 @@ def mine_negative_labels(loaded, class_names: list[str], vocabulary, *, id_templ
 
     ``vocabulary`` is a :class:`helpers.words.Vocabulary`. The result is cached under
     ``<cache>/neglabel/``, keyed by the model, the words, the prompts, the ID labels, the selection rule and
-    the code; a damaged cache file is reported and mined again.
+    the code, and checked against the sha256 recorded with it: a damaged cache file is reported and mined again.
     """
     if not vocabulary.nouns and not vocabulary.adjectives:
         raise ValueError(f"the vocabulary ({vocabulary.describe()}) is empty")
@@ -196,19 +194,13 @@ def mine_negative_labels(loaded, class_names: list[str], vocabulary, *, id_templ
            "code": code_hash(mine_negative_labels, negative_quantiles, select_negatives, _encode, text_features)}
     path = cache_dir() / "neglabel" / f"{slug(loaded.text_id)}-{sha256_json(key)[:20]}.npz"
     settings = {k: key[k] for k in ("id_templates", "noun_template", "adj_template", "percentile", "ratio")}
-    if use_cache and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if json.loads(str(z["key"])) == key:
-                    return NegativeLabels(
-                        words=[str(w) for w in z["words"]], is_adjective=z["is_adjective"],
-                        embeddings=z["embeddings"], quantiles=z["quantiles"], id_embeddings=id_emb,
-                        candidate_quantiles={"noun": z["cq_noun"], "adj": z["cq_adj"]},
-                        source=vocabulary.describe(), settings=settings, from_cache=True)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            warnings.warn(f"NegLabel cache {path} is damaged ({type(e).__name__}: {e}); mining the negative "
-                          f"labels again", stacklevel=2)
-            path.unlink(missing_ok=True)
+    z = load_checked(path, "NegLabel cache") if use_cache else None
+    if z is not None and json.loads(str(z["key"])) == key:
+        return NegativeLabels(
+            words=[str(w) for w in z["words"]], is_adjective=z["is_adjective"], embeddings=z["embeddings"],
+            quantiles=z["quantiles"], id_embeddings=id_emb,
+            candidate_quantiles={"noun": z["cq_noun"], "adj": z["cq_adj"]},
+            source=vocabulary.describe(), settings=settings, from_cache=True)
     words, adj, embs, qs, cand = [], [], [], [], {}
     for pos, template, cands in (("noun", noun_template, vocabulary.nouns), ("adj", adj_template, vocabulary.adjectives)):
         emb = _encode(loaded, list(cands), template, id_emb.shape[1], batch_size, progress, f"NegLabel {pos}s")
@@ -221,10 +213,9 @@ def mine_negative_labels(loaded, class_names: list[str], vocabulary, *, id_templ
         cand[pos] = q
     res = NegativeLabels(words, np.concatenate(adj), np.concatenate(embs).astype(np.float32),
                          np.concatenate(qs), id_emb, cand, vocabulary.describe(), settings)
-    with atomic_path(path, ".npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, key=json.dumps(key), words=np.array(res.words, dtype=str), is_adjective=res.is_adjective,
-                     embeddings=res.embeddings, quantiles=res.quantiles, cq_noun=cand["noun"], cq_adj=cand["adj"])
+    save_checked(path, {"key": json.dumps(key), "words": np.array(res.words, dtype=str),
+                        "is_adjective": res.is_adjective, "embeddings": res.embeddings, "quantiles": res.quantiles,
+                        "cq_noun": cand["noun"], "cq_adj": cand["adj"]})
     return res
 
 

@@ -21,14 +21,18 @@ parent (which stays as it was).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
 import functools
 import hashlib
+import json
+import logging
 import os
 import re
 import types
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +40,9 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
+from safetensors import SafetensorError
 
-from ..errors import UnknownModelError, WeightsUnavailableError
+from ..errors import DamagedCheckpointError, UnknownModelError, WeightsUnavailableError, clause
 from ..io import sha256_file, sha256_json
 
 CONFIG_DIR = Path(__file__).with_name("configs")
@@ -274,8 +279,60 @@ def split_spec(spec: str, pretrained: str | None = None) -> tuple[str, str | Non
     return spec, _expand(pretrained)
 
 
+class _DownloadErrorFilter(logging.Filter):
+    """Drops open_clip's "Failed to download weights" log record: the same text arrives in the RuntimeError that
+    :func:`load_model` turns into :class:`WeightsUnavailableError`, which says what to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to download")
+
+
+@contextlib.contextmanager
+def _quiet_download_errors():
+    root, drop = logging.getLogger(), _DownloadErrorFilter()  # open_clip logs through the root logger
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+TRAIN_INFO = "train.json"  # a pocket CLIP's training report, beside its checkpoint file
+
+
+def checkpoint_info(arch: str, checkpoint: str) -> dict:
+    """The training report (``train.json``) beside the local checkpoint file ``checkpoint``, whatever path names it
+    (a doubled slash, ``..``, a link: the folder of the normalised path, then of the link's target); it holds the
+    class names a pocket CLIP was pretrained on. Without one, a pocket architecture gets
+    ``{"train_info_missing": <where it was looked for>}`` (:func:`helpers.benchmark.warn_unknown_classes` says so),
+    any other architecture (published weights: an open vocabulary) ``{}``."""
+    folders = dict.fromkeys(Path(f(os.path.expanduser(checkpoint))).parent for f in (os.path.abspath, os.path.realpath))
+    for folder in folders:
+        path = folder / TRAIN_INFO
+        try:
+            report = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            warnings.warn(f"{path} does not read as a training report ({e}); it is ignored", stacklevel=3)
+            continue
+        if isinstance(report, dict):
+            return report
+    return {"train_info_missing": str(next(iter(folders)) / TRAIN_INFO)} if arch.startswith("pocket-") else {}
+
+
 # random weights with options in the tag, the form a random model's id takes: "ViT-B-16/random-seed0-img32-ctx8"
 RANDOM_SPEC = re.compile(r"random(?:-seed(?P<seed>\d+))?(?:-img(?P<img>\d+))?(?:-ctx(?P<ctx>\d+))?")
+
+
+def _damaged_checkpoint(arch: str, path: str, e: Exception) -> DamagedCheckpointError:
+    """The error for a local checkpoint file that does not read: the file, its size, what failed and the fix."""
+    size = os.path.getsize(path)
+    return DamagedCheckpointError(
+        f"Checkpoint {path} ({size:,} bytes) for {arch!r} does not read: {type(e).__name__}: "
+        f"{clause(str(e).splitlines()[0] if str(e) else e)}. It is cut short, overwritten or not a checkpoint of "
+        f"this architecture. Fix: copy the file again from where it was trained (with its train.json), or, for a "
+        f"pocket CLIP, load it by name (load_model('pocket:<config>')), which verifies and retrains a damaged one.")
 
 
 def load_model(
@@ -337,8 +394,12 @@ def load_model(
                   image_resize_mode=resize_mode, cache_dir=cache_dir, weights_only=True,
                   force_image_size=image_size, force_context_length=context_length)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, None if random_init else pretrained, **kwargs)
-    except RuntimeError as e:
+        with _quiet_download_errors():
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, None if random_init else pretrained,
+                                                                         **kwargs)
+    except (RuntimeError, SafetensorError, EOFError) as e:
+        if _is_local_file(pretrained):
+            raise _damaged_checkpoint(arch, str(pretrained), e) from e
         if "download" in str(e).lower() or "offline" in str(e).lower() or "connect" in str(e).lower():
             raise WeightsUnavailableError(
                 f"Weights {arch}/{pretrained} are not in the local cache and cannot be downloaded here ({e}). "
@@ -349,11 +410,13 @@ def load_model(
         raise
     model.eval()
     tokenizer = open_clip.get_tokenizer(arch, context_length=context_length)
+    info = {}
     if random_init:
         model_id, sha = f"{arch}/random-seed{seed}", None
     elif _is_local_file(pretrained):
         sha = sha256_file(pretrained)
         model_id = f"{arch}/sha256:{sha[:16]}"
+        info = checkpoint_info(arch, pretrained)
     else:
         model_id, sha = f"{arch}/{pretrained}", None
     # a forced size changes the weights' shapes (and the random draws): it must change every cache key
@@ -361,4 +424,4 @@ def load_model(
     interp = interpolation or getattr(model, "pretrained_cfg", {}).get("interpolation", "bicubic") or "bicubic"
     name = spec if pretrained is None or "/" in spec else f"{arch}/{Path(str(pretrained)).name}"
     return LoadedModel(model, preprocess, tokenizer, model_id, arch, None if random_init else str(pretrained), sha,
-                       device, precision, interp, name=name)
+                       device, precision, interp, name=name, info=info)

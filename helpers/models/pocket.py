@@ -57,7 +57,7 @@ from ..cache import code_hash
 from ..data import get_dataset
 from ..data.arrays import decoded_images, geometry
 from ..errors import ClipOODError, UnknownModelError
-from ..io import atomic_path, sha256_file, sha256_json, write_json
+from ..io import atomic_path, build_lock, sha256_file, sha256_json, write_json
 from ..paths import cache_dir
 from ..torchtools import adamw_groups, autocast, warmup_cosine
 
@@ -423,20 +423,24 @@ def pocket_checkpoint(profile: str | PocketConfig = DEFAULT, device="cpu", data_
     cfg = get_config(profile)
     out = pocket_dir(cfg, data_dir)
     ckpt = out / "open_clip_model.safetensors"
-    if not force:
-        if (out / "train.json").exists() or ckpt.exists():
-            try:
-                return cfg.arch, ckpt, verify_checkpoint(out)
-            except (OSError, ValueError) as e:
-                warnings.warn(f"pocket CLIP checkpoint {out} is damaged: {e}. Removing it and training "
-                              f"pocket:{cfg.name} again ({_training_time(cfg)} on CPU)", stacklevel=2)
-                for f in [*out.glob("*.safetensors"), out / "train.json", out / CHECKSUMS]:
-                    f.unlink(missing_ok=True)
-        else:
-            print(_training_notice(cfg, out), flush=True)
-    (out / CHECKSUMS).unlink(missing_ok=True)
-    train_pocket(cfg, out, device=device, data_dir=data_dir, progress=progress)
-    return cfg.arch, ckpt, verify_checkpoint(out)
+    if not force and (out / CHECKSUMS).exists():  # the usual case: trained, nobody writing
+        with contextlib.suppress(OSError, ValueError):
+            return cfg.arch, ckpt, verify_checkpoint(out)
+    with build_lock(out):  # two runs never train (or remove) one checkpoint at once
+        if not force:
+            if (out / "train.json").exists() or ckpt.exists():
+                try:
+                    return cfg.arch, ckpt, verify_checkpoint(out)
+                except (OSError, ValueError) as e:
+                    warnings.warn(f"pocket CLIP checkpoint {out} is damaged: {e}. Removing it and training "
+                                  f"pocket:{cfg.name} again ({_training_time(cfg)} on CPU)", stacklevel=2)
+                    for f in [*out.glob("*.safetensors"), out / "train.json", out / CHECKSUMS]:
+                        f.unlink(missing_ok=True)
+            else:
+                print(_training_notice(cfg, out), flush=True)
+        (out / CHECKSUMS).unlink(missing_ok=True)
+        train_pocket(cfg, out, device=device, data_dir=data_dir, progress=progress)
+        return cfg.arch, ckpt, verify_checkpoint(out)
 
 
 def main(argv: list[str] | None = None) -> int:
