@@ -51,12 +51,65 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _lock_holder(fd: int) -> str:
-    """What the holder of a lock wrote into its lock file (``pid N``), or ``another process``."""
+class LockBusy(Exception):
+    """:func:`file_lock` without waiting found the lock held; ``holder`` is what its holder wrote into it."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+def _read_holder(fd: int) -> str:
     try:
-        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        return os.pread(fd, 65536, 0).decode(errors="replace").strip()
     except OSError:
-        return "another process"
+        return ""
+
+
+def _locked_fd(path: Path, wait: bool, waiting) -> int:
+    """An open descriptor of ``path`` holding its exclusive ``flock`` (tried again when the holder removed the file
+    meanwhile, as :func:`file_lock` with ``remove=True`` does)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            if not wait:
+                os.close(fd)
+                raise LockBusy(holder) from None
+            if waiting is not None:
+                waiting(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, holder: str, *, wait: bool = True, waiting=None,
+              remove: bool = False) -> Iterator[str]:
+    """Hold the exclusive ``fcntl.flock`` of the file ``path`` for the block, writing ``holder`` (who holds it)
+    into the file. The system releases the lock when its holder exits, even by SIGKILL, so it never goes stale.
+
+    A held lock raises :class:`LockBusy` (``wait=False``) or is waited for, after ``waiting(holder text)``. The block
+    receives what the previous holder wrote: with ``remove=True`` (the file is deleted on release) that is empty
+    unless the previous holder died holding it.
+    """
+    path = Path(path)
+    fd = _locked_fd(path, wait, waiting)
+    try:
+        previous = _read_holder(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        yield previous
+    finally:
+        if remove:
+            path.unlink(missing_ok=True)  # while still holding it: a waiting process then locks a fresh file
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 @contextlib.contextmanager
@@ -65,10 +118,9 @@ def build_lock(target: str | os.PathLike, enabled: bool = True) -> Iterator[None
 
     Two runs that share a cache (two notebooks, two ``--out`` folders, a notebook and a test) would otherwise
     train or extract the same entry at once and remove or overwrite each other's half-written files. The lock is
-    ``fcntl.flock`` on a hidden file beside ``target`` (``.<name>.lock``): the system releases it when its holder
-    exits, even by SIGKILL, so it never goes stale. A second builder waits, saying once whom it waits for; after
-    the block it should look in the cache again before building. ``enabled=False`` (a torchrun rank other than 0)
-    takes no lock.
+    :func:`file_lock` on a hidden file beside ``target`` (``.<name>.lock``). A second builder waits, saying once
+    whom it waits for; after the block it should look in the cache again before building. ``enabled=False`` (a
+    torchrun rank other than 0) takes no lock, and neither does a read-only cache (nothing can be built there).
     """
     if not enabled:
         yield
@@ -76,18 +128,14 @@ def build_lock(target: str | os.PathLike, enabled: bool = True) -> Iterator[None
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:  # a read-only cache: nothing can be built there anyway, the build itself says why
+        lock = file_lock(target.parent / f".{target.name}.lock", f"pid {os.getpid()}",
+                         waiting=lambda h: print(f"[cache] waiting for {h or 'another process'}, which is building "
+                                                 f"{target}", flush=True))
+        lock.__enter__()
+    except OSError:  # a read-only cache: the build itself says why it cannot write
         yield
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"[cache] waiting for {_lock_holder(fd)}, which is building {target}", flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        lock.__exit__(None, None, None)

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
-import fcntl
 import json
 import os
 import re
@@ -61,7 +60,7 @@ from pathlib import Path
 
 from . import events
 from .errors import ClipOODError, UsageError, clause
-from .io import write_json
+from .io import LockBusy, file_lock, write_json
 from .paths import REPO_ROOT, data_dir
 from .profiles import COMMON, parameters
 from .report import PROVENANCE, portable_text
@@ -287,12 +286,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _holder(fd: int) -> dict:
-    """What the lock file open at ``fd`` says about the run that holds (or held) it."""
+def _holder(text: str) -> dict:
+    """What a lock file's text says about the run that holds (or held) it."""
     try:
-        text = os.pread(fd, 65536, 0).decode()
         return json.loads(text) if text.strip() else {}
-    except (OSError, ValueError):
+    except ValueError:
         return {}
 
 
@@ -301,48 +299,27 @@ def _describe_holder(h: dict) -> str:
             f"{h.get('started', 'at an unknown time')}")
 
 
-def _lock_fd(path: Path, wait: bool) -> int:
-    """An open descriptor of ``path`` locked exclusively (retrying when the holder removed the file meanwhile)."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _describe_holder(_holder(fd))
-            if not wait:
-                os.close(fd)
-                raise OutputBusyError(
-                    f"another run is writing to {path.parent} ({holder}); wait for it to end, pass --wait to "
-                    f"wait for it, or write elsewhere with --out DIR") from None
-            print(f"[run] waiting for the run writing to {path.parent} ({holder})", flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-
 @contextmanager
 def output_lock(folder: Path, command: str, wait: bool = False):
-    """Hold ``folder/.run.lock`` for the block: one run per output folder. A lock left by a run that died (the
-    system releases it with the process) is taken over with a note."""
+    """Hold ``folder/.run.lock`` for the block (:func:`helpers.io.file_lock`): one run per output folder. A lock
+    left by a run that died (the system releases it with the process) is taken over with a note."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK
-    fd = _lock_fd(path, wait)
+    me = json.dumps({"pid": os.getpid(), "command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    def waiting(text: str) -> None:
+        print(f"[run] waiting for the run writing to {folder} ({_describe_holder(_holder(text))})", flush=True)
+
     try:
-        left = _holder(fd)
-        if left:
-            print(f"[run] note: took over the lock of {folder} left by a run that ended without releasing it "
-                  f"({_describe_holder(left)})", flush=True)
-        me = {"pid": os.getpid(), "command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
-        yield path
-    finally:
-        path.unlink(missing_ok=True)  # while still holding it: a waiting run then locks a fresh file
-        os.close(fd)
+        with file_lock(path, me, wait=wait, waiting=waiting, remove=True) as left:
+            if left:
+                print(f"[run] note: took over the lock of {folder} left by a run that ended without releasing it "
+                      f"({_describe_holder(_holder(left))})", flush=True)
+            yield path
+    except LockBusy as e:
+        raise OutputBusyError(
+            f"another run is writing to {folder} ({_describe_holder(_holder(e.holder))}); wait for it to end, pass "
+            f"--wait to wait for it, or write elsewhere with --out DIR") from None
 
 
 def _new_stage(staging: Path) -> Path:
