@@ -118,17 +118,21 @@ def build_lock(target: str | os.PathLike, enabled: bool = True) -> Iterator[None
 
     Two runs that share a cache (two notebooks, two ``--out`` folders, a notebook and a test) would otherwise
     train or extract the same entry at once and remove or overwrite each other's half-written files. The lock is
-    :func:`file_lock` on a hidden file beside ``target`` (``.<name>.lock``). A second builder waits, saying once
+    :func:`file_lock` on ``<cache>/.locks/<hash of target's path>.lock`` (kept out of the entries' folders, which
+    are listed and removed whole). A second builder waits, saying once
     whom it waits for; after the block it should look in the cache again before building. ``enabled=False`` (a
     torchrun rank other than 0) takes no lock, and neither does a read-only cache (nothing can be built there).
     """
     if not enabled:
         yield
         return
+    from .paths import cache_dir
+
     target = Path(target)
+    name = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:32]
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        lock = file_lock(target.parent / f".{target.name}.lock", f"pid {os.getpid()}",
+        (locks := cache_dir() / ".locks").mkdir(parents=True, exist_ok=True)
+        lock = file_lock(locks / f"{name}.lock", f"pid {os.getpid()}",
                          waiting=lambda h: print(f"[cache] waiting for {h or 'another process'}, which is building "
                                                  f"{target}", flush=True))
         lock.__enter__()
