@@ -51,7 +51,7 @@ from .errors import ClipOODError, CorruptImageError, NonFiniteError
 from .io import atomic_path, build_lock, sha256_file, sha256_json, write_json
 from .models import LoadedModel, load_model
 from .paths import cache_dir
-from .torchtools import autocast
+from .torchtools import amp_precision, autocast
 
 KINDS = ("image", "preproj", "local")
 
@@ -122,10 +122,6 @@ def encode_images(visual, x: torch.Tensor, kinds: tuple[str, ...]) -> dict[str, 
         v = value_path(last, h)
         res["local"] = F.normalize((visual.ln_post(v[:, 1:]) @ visual.proj).float(), dim=-1)
     return res
-
-
-def amp_dtype(device: torch.device, amp: bool) -> str:
-    return "fp32" if not amp else ("bf16" if device.type == "cpu" else "fp16")
 
 
 # ---------------------------------------------------------------------------------------- cache
@@ -301,7 +297,7 @@ def extract_features(
     ds = dataset.with_transform(loaded.preprocess)
     device = loaded.device
     decode = resolve_decode(decode, device, loaded.preprocess)
-    key = cache_key(loaded, ds, kinds, amp_dtype(device, amp), decode)
+    key = cache_key(loaded, ds, kinds, amp_precision(device, amp), decode)
     folder = cache_path(key)
     if use_cache and (hit := _load_cached(folder, key)) is not None:
         return hit

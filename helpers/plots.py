@@ -17,8 +17,11 @@ from sklearn.metrics import roc_curve
 ID_COLOR, OOD_COLOR = "C0", "C1"
 
 
-def sample_grid(datasets: Mapping, per_row: int = 8, title: str = ""):
-    """``per_row`` images (evenly spaced) of each dataset (:class:`ImageFolderDataset`), one row per dataset."""
+def sample_grid(datasets: Mapping, per_row: int = 8, title: str = "", max_per_row: int = 16):
+    """``per_row`` images (evenly spaced) of each dataset (:class:`ImageFolderDataset`), one row per dataset.
+    At most ``max_per_row`` columns: one image per class of ImageNet's 1,000 would be an unreadable figure (and
+    took two minutes to draw)."""
+    per_row = max(1, min(per_row, max_per_row))
     fig, axes = plt.subplots(len(datasets), per_row, figsize=(1.25 * per_row, 1.4 * len(datasets)), squeeze=False)
     for r, (name, ds) in enumerate(datasets.items()):
         for c, i in enumerate(np.linspace(0, len(ds) - 1, per_row).astype(int)):

@@ -1,6 +1,7 @@
 """Small torch pieces shared by the training and inference loops (pocket CLIP, fine-tuning, feature extraction).
 
-- :func:`autocast`: mixed precision as an option — bf16 on CPU, fp16 on CUDA, a no-op when disabled;
+- :func:`autocast`: mixed precision as an option — bf16 on CPU, fp16 on CUDA, a no-op when disabled; ``"auto"``
+  turns it on where it is fast (:func:`amp_precision`);
 - :func:`adamw_groups`: AdamW parameter groups that decay matrices but not biases, norms, scales or embeddings
   (CLIP's and open_clip's ``training/main.py`` rule);
 - :func:`warmup_cosine`: a per-step schedule with a linear warm-up to the peak over ``warm`` steps, then cosine
@@ -17,11 +18,36 @@ from collections.abc import Iterable, Iterator
 import torch
 
 
-def autocast(device: torch.device, enabled: bool):
-    """A context manager running under bf16 (CPU) / fp16 (CUDA) autocast when ``enabled``, else doing nothing."""
-    if not enabled:
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware (oneDNN's check: AVX512-BF16, AMX...). Where it
+    does not, bf16 autocast is emulated and far slower than fp32 (measured on a 2-core AMD EPYC without AVX-512: one
+    training step of ``pocket-vit-s`` on 128 images took 6.6 s under bf16 autocast against 0.3 s in fp32)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_precision(device: torch.device | str, amp: bool | str) -> str:
+    """The precision an ``amp`` option means on ``device``: ``"fp32"``, ``"bf16"`` (CPU autocast) or ``"fp16"``
+    (CUDA autocast). ``True`` / ``False`` force autocast on / off; ``"auto"`` uses it on CUDA and on a CPU with
+    native bf16 (:func:`native_bf16`), fp32 elsewhere. Caches of trained weights are keyed by the result, since the
+    two precisions train different weights."""
+    device = torch.device(device)
+    if amp == "auto":
+        amp = device.type == "cuda" or (device.type == "cpu" and native_bf16())
+    if not isinstance(amp, bool):
+        raise ValueError(f"amp={amp!r}: expected True, False or 'auto'")
+    return "fp32" if not amp else ("bf16" if device.type == "cpu" else "fp16")
+
+
+def autocast(device: torch.device, amp: bool | str):
+    """A context manager running under bf16 (CPU) / fp16 (CUDA) autocast when ``amp`` asks for it (``True``, or
+    ``"auto"`` where it is fast: :func:`amp_precision`), else doing nothing."""
+    precision = amp_precision(device, amp)
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def adamw_groups(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:

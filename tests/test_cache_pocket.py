@@ -95,9 +95,9 @@ def test_training_notice_says_how_long_and_points_at_other_checkpoints(tmp_cache
     (tmp_cache / "models" / "pocket" / "tiny-100-snapshots-0123456789ab").mkdir()  # another config: not named
     notice = pocket._training_notice(cfg, pocket_dir(cfg))
     assert notice.startswith("[pocket] training pocket:tiny-100 (pocket-vit-xs) now, about 10-40 seconds on CPU")
-    assert "(the cache holds tiny-100-0123456789ab: trained with another configuration" in notice
+    assert "(the cache holds tiny-100-0123456789ab: trained with another configuration or precision" in notice
     assert "snapshots" not in notice
-    assert "about 6-12 minutes" in pocket._training_notice(PROFILES["small"], tmp_cache / "x" / "small-1")
+    assert "about 6-20 minutes" in pocket._training_notice(PROFILES["small"], tmp_cache / "x" / "small-1")
 
 
 def test_copied_cache_is_reused_without_training(trained, tmp_cache, monkeypatch, capsys):

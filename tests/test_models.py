@@ -147,3 +147,22 @@ def test_random_spec_options_round_trip_through_the_model_id():
     again = load_model(m.model_id)  # the id is a spec that rebuilds the same weights
     a, b = m.model.visual.conv1.weight, again.model.visual.conv1.weight
     assert torch.equal(a, b) and not torch.equal(a, load_model("ViT-B-16/random-seed4-img32-ctx8").model.visual.conv1.weight)
+
+
+def test_random_spec_layers_keeps_the_first_blocks_of_each_tower():
+    from helpers.models import load_model
+
+    full = load_model("ViT-B-16/random-seed3-img32-ctx8")
+    cut = load_model("ViT-B-16/random-seed3-img32-ctx8-layers2")
+    assert cut.model_id == "ViT-B-16/random-seed3-img32-ctx8-layers2" and load_model(cut.model_id).model_id == cut.model_id
+    for a, b in ((full.model.visual.transformer, cut.model.visual.transformer),
+                 (full.model.transformer, cut.model.transformer)):
+        assert (len(a.resblocks), len(b.resblocks), b.layers) == (12, 2, 2)
+        for k, v in b.resblocks.state_dict().items():  # the same random draws, fewer blocks
+            assert torch.equal(v, a.resblocks.state_dict()[k]), k
+    # the forward pass is the full model's with the later blocks removed: compare with a hand-cut copy
+    full.model.visual.transformer.resblocks = full.model.visual.transformer.resblocks[:2]
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(cut.model.encode_image(x), full.model.encode_image(x), atol=1e-6)
+    with pytest.raises(ValueError, match="has 12 blocks per tower"):
+        load_model("ViT-B-16/random-layers13")

@@ -38,6 +38,22 @@ def test_edit_equals_an_explicit_svd_truncation(smoke_model):
     assert a.text_id == a.model_id and setar.dropped_rank((768, 192), 0.05) == 10
 
 
+def test_published_b16_edit_drops_its_ranks_on_a_vit_b16_and_is_refused_by_a_shallower_model():
+    from helpers.models import load_model
+
+    b16 = load_model("ViT-B-16/random-img32-ctx8")
+    edited = setar.setar_model(b16, setar.PUBLISHED_B16)
+    params = dict(edited.model.named_parameters())
+    for (tower, block), ratio in setar.PUBLISHED_B16.items():
+        w = params[setar.param_name(tower, block)].detach().double().numpy()
+        n = min(w.shape)  # 768 (image MLP 3072 x 768), 512 (text MLP 2048 x 512)
+        s = np.linalg.svd(w, compute_uv=False)
+        assert np.linalg.matrix_rank(w, tol=1e-4 * s[0]) == n - setar.dropped_rank(w.shape, ratio), (tower, block)
+    with pytest.raises(ValueError, match=r"sets text block 2, but ViT-B-16/random-seed0-img32-ctx8-layers2 has 2 "
+                                         r"text blocks.*use_published_edit"):
+        setar.setar_model(load_model("ViT-B-16/random-img32-ctx8-layers2"), setar.PUBLISHED_B16)
+
+
 def test_objective_equals_the_formula():
     rng = torch.Generator().manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(6, 8, generator=rng), dim=-1)

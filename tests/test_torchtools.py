@@ -1,11 +1,13 @@
 """Shared training pieces: the warm-up + cosine schedule, AdamW's weight-decay groups, freezing a module."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from helpers.torchtools import adamw_groups, autocast, frozen, warmup_cosine
+from helpers import torchtools
+from helpers.torchtools import adamw_groups, amp_precision, autocast, frozen, warmup_cosine
 
 
 def test_warmup_cosine_follows_the_formula():
@@ -36,6 +38,34 @@ def test_autocast_is_a_no_op_when_disabled():
         assert (x @ x).dtype == torch.float32
     with autocast(torch.device("cpu"), True):
         assert (x @ x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_uses_bf16_only_where_the_cpu_has_it(monkeypatch, native):
+    # emulated bf16 made the pocket CLIP train 20x slower than fp32: "auto" must fall back to fp32 there
+    monkeypatch.setattr(torchtools, "native_bf16", lambda: native)
+    x = torch.ones(2, 2)
+    assert amp_precision("cpu", "auto") == ("bf16" if native else "fp32")
+    with autocast(torch.device("cpu"), "auto"):
+        assert (x @ x).dtype == (torch.bfloat16 if native else torch.float32)
+    assert amp_precision("cuda", "auto") == "fp16" and amp_precision("cuda", False) == "fp32"
+    assert amp_precision("cpu", True) == "bf16" and amp_precision("cpu", False) == "fp32"  # forced either way
+    with pytest.raises(ValueError, match="expected True, False or 'auto'"):
+        amp_precision("cpu", "yes")
+
+
+def test_pocket_cache_key_follows_the_precision_auto_resolves_to(monkeypatch):
+    from helpers.models.pocket import PROFILES
+
+    cfg = PROFILES["tiny-100"]
+    assert cfg.amp == "auto"
+    keys = {}
+    for native in (True, False):
+        monkeypatch.setattr(torchtools, "native_bf16", lambda native=native: native)
+        keys[native] = cfg.key([["fingerprint"]])
+    assert keys[True] != keys[False]  # bf16 and fp32 training give different weights: never one cache entry
+    forced = dataclasses.replace(cfg, amp=False)
+    assert forced.key([["fingerprint"]]) == keys[False]  # what it resolves to, not how it was asked for
 
 
 def _flags(params):

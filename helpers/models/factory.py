@@ -6,8 +6,8 @@ Accepted specs (all go through ``open_clip.create_model_and_transforms``):
 - ``load_model("ViT-B-16", "/path/weights.safetensors")``: an architecture and a local checkpoint file (``~`` is
   expanded; in one string: ``"ViT-B-16//path/weights.safetensors"``, see :func:`split_spec`);
 - ``load_model("ViT-B-32", "random")``: random weights, seeded (benchmarks and tests); options in the tag,
-  ``"ViT-B-16/random-seed1-img32-ctx8"`` (seed, input size, text length), the form such a model's id takes, so a
-  notebook's ``model`` parameter can ask for a reduced random model;
+  ``"ViT-B-16/random-seed1-img32-ctx8-layers2"`` (seed, input size, text length, blocks per tower), the form
+  such a model's id takes, so a notebook's ``model`` parameter can ask for a reduced random model;
 - ``"pocket:small"`` (or ``"pocket"``, ``"pocket:tiny-100"``...): the package's own small CLIP, trained on the mirrored data
   on first use and cached; then loaded from its checkpoint file like any other local checkpoint.
 
@@ -322,7 +322,19 @@ def checkpoint_info(arch: str, checkpoint: str) -> dict:
 
 
 # random weights with options in the tag, the form a random model's id takes: "ViT-B-16/random-seed0-img32-ctx8"
-RANDOM_SPEC = re.compile(r"random(?:-seed(?P<seed>\d+))?(?:-img(?P<img>\d+))?(?:-ctx(?P<ctx>\d+))?")
+# and "-layers2" keeps the first 2 blocks of each tower (the architecture's widths, heads and projections, less depth)
+RANDOM_SPEC = re.compile(r"random(?:-seed(?P<seed>\d+))?(?:-img(?P<img>\d+))?(?:-ctx(?P<ctx>\d+))?"
+                         r"(?:-layers(?P<layers>\d+))?")
+
+
+def _keep_blocks(model: torch.nn.Module, layers: int) -> None:
+    """Cut both towers of a random-weight CLIP to their first ``layers`` residual blocks (a cheaper stand-in for
+    tests that exercise a big architecture's code path; every method finds the blocks through ``resblocks``)."""
+    for tower in (model.visual.transformer, model.transformer):
+        if not 1 <= layers <= len(tower.resblocks):
+            raise ValueError(f"-layers{layers}: the architecture has {len(tower.resblocks)} blocks per tower")
+        tower.resblocks = torch.nn.ModuleList(list(tower.resblocks)[:layers])
+        tower.layers = layers
 
 
 def _damaged_checkpoint(arch: str, path: str, e: Exception) -> DamagedCheckpointError:
@@ -373,8 +385,10 @@ def load_model(
     arch, pretrained = split_spec(spec, pretrained)
     _check_arch(arch)
     device = torch.device(device)
+    layers = None
     if (opts := RANDOM_SPEC.fullmatch(str(pretrained))) is not None:  # "random-seed1-img32-ctx8", as model ids read
         pretrained = "random"
+        layers = int(opts["layers"]) if opts["layers"] else None
         seed = int(opts["seed"]) if opts["seed"] else seed
         image_size = image_size or (int(opts["img"]) if opts["img"] else None)
         context_length = context_length or (int(opts["ctx"]) if opts["ctx"] else None)
@@ -408,6 +422,8 @@ def load_model(
                 f"cache (~/.cache/huggingface) here, or pass the checkpoint file as pretrained."
             ) from e
         raise
+    if layers:
+        _keep_blocks(model, layers)
     model.eval()
     tokenizer = open_clip.get_tokenizer(arch, context_length=context_length)
     info = {}
@@ -421,6 +437,7 @@ def load_model(
         model_id, sha = f"{arch}/{pretrained}", None
     # a forced size changes the weights' shapes (and the random draws): it must change every cache key
     model_id += (f"-img{image_size}" if image_size else "") + (f"-ctx{context_length}" if context_length else "")
+    model_id += f"-layers{layers}" if layers else ""
     interp = interpolation or getattr(model, "pretrained_cfg", {}).get("interpolation", "bicubic") or "bicubic"
     name = spec if pretrained is None or "/" in spec else f"{arch}/{Path(str(pretrained)).name}"
     return LoadedModel(model, preprocess, tokenizer, model_id, arch, None if random_init else str(pretrained), sha,

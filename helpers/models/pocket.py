@@ -19,7 +19,9 @@ and text embeddings in two separated cones, a modality gap), so that T = 0.01 me
 papers. ``small-learned`` is the same run with a learned scale (it settles near 9.3, with the class prompts inside
 the image cloud).
 
-Training is deterministic for a seed on a given machine (fixed data order, augmentation and templates).
+Training is deterministic for a seed on a given machine (fixed data order, augmentation and templates). It runs
+under bf16 autocast on a CPU with native bf16 and in fp32 elsewhere (``amp="auto"``: emulated bf16 is about
+20 times slower than fp32); the cache key holds the precision used, since the two train different weights.
 Checkpoints are cached under ``<cache>/models/pocket/<name>-<key>/`` keyed by the configuration, the
 *content* of the pretraining images and a hash of the training code (:func:`helpers.cache.code_hash`), so a copied
 cache (``cp -r``) is reused. ``checksums.json`` beside the files records their sha256; a checkpoint that is cut
@@ -59,7 +61,7 @@ from ..data.arrays import decoded_images, geometry
 from ..errors import ClipOODError, UnknownModelError
 from ..io import atomic_path, build_lock, sha256_file, sha256_json, write_json
 from ..paths import cache_dir
-from ..torchtools import adamw_groups, autocast, warmup_cosine
+from ..torchtools import adamw_groups, amp_precision, autocast, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -88,22 +90,23 @@ class PocketConfig:
     patch_dropout: float = 0.0  # FLIP-style token dropping while training (open_clip's patch_dropout)
     patch_dropout_until: float = 1.0  # fraction of the steps with token dropping; the rest sees all tokens
     flip: bool = True
-    amp: bool = True  # bf16 autocast on CPU (fp16 on CUDA)
+    amp: bool | str = "auto"  # autocast (bf16 CPU, fp16 CUDA) where it is fast; the key holds what it resolves to
     seed: int = 0
     eval_dataset: str = "cifar10-test"
     eval_max_per_class: int | None = None
     snapshots: tuple[float, ...] = ()  # also save checkpoints at these fractions of training (model families)
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
-    def key(self, fingerprints: list) -> str:
+    def key(self, fingerprints: list, device: str | torch.device = "cpu") -> str:
         d = dataclasses.asdict(self)
         d.pop("extra")
         d.pop("name")  # a name is a label: the same run under another name is the same checkpoint
+        d["amp"] = amp_precision(device, self.amp)  # "auto" trains bf16 weights on one CPU and fp32 on another
         return sha256_json({"cfg": d, "data": fingerprints, "code": training_code_hash()})[:12]
 
 
 PROFILES: dict[str, PocketConfig] = {
-    # the teaching model (about 6-10 minutes on 2 CPU cores), logit scale fixed at CLIP's 100. Calibration on this
+    # the teaching model (about 6-20 minutes on 2 CPU cores), logit scale fixed at CLIP's 100. Calibration on this
     # machine with a learned scale (zero-shot CIFAR-10 accuracy, clean 2-core wall time): no token dropping,
     # 4 epochs: 63.6% in ~9.5 min; 50% dropping, 7 epochs: 66.6% in 11.7 min; 50%, 6 epochs, unmasked last 15%:
     # 66.1%; 75%, 8 epochs, unmasked last 15%: 66.7-67.4% (kept); lr 2e-3 with logit scale 14.3: 55.4%;
@@ -134,9 +137,9 @@ PROFILES: dict[str, PocketConfig] = {
                                        snapshots=(0.25, 0.5, 0.75)),
 }
 DEFAULT = "small"
-# rough training times on 2 CPU cores (measured in the calibration above; a GPU is much faster), said before a
-# training starts that the user did not ask for
-TRAINING_TIME = {"small": "about 6-12 minutes", "small-learned": "about 6-12 minutes", "tiny": "about 1-2 minutes",
+# rough training times on 2 CPU cores (measured in the calibration above with native bf16, and in fp32 on a CPU
+# without it; a GPU is much faster), said before a training starts that the user did not ask for
+TRAINING_TIME = {"small": "about 6-20 minutes", "small-learned": "about 6-20 minutes", "tiny": "about 1-3 minutes",
                  "tiny-100": "about 10-40 seconds", "tiny-100-fixed": "about 10-40 seconds",
                  "tiny-100-snapshots": "about 10-40 seconds"}
 # names the configs had before (suggested when one is asked for)
@@ -306,7 +309,7 @@ def train_pocket(cfg: PocketConfig, out_dir: Path, device: str | torch.device = 
     report = {
         "name": cfg.name, "arch": cfg.arch, "config": dataclasses.asdict(cfg), "class_names": names,
         "pretrain_images": n, "steps": total, "train_seconds": round(train_seconds, 1),
-        "threads": torch.get_num_threads(), "device": str(device),
+        "threads": torch.get_num_threads(), "device": str(device), "precision": amp_precision(device, cfg.amp),
         "zero_shot_accuracy": acc, "zero_shot_eval": f"{cfg.eval_dataset} ({len(ev)} images, 'a photo of a {{}}.')",
         "parameters": sum(p.numel() for p in model.parameters()), "data_fingerprints": fps, "log": log,
         "snapshots": {f"{f:.2f}": f"snapshot-{f:.2f}.safetensors" for f in cfg.snapshots},
@@ -332,12 +335,12 @@ def training_code_hash() -> str:
                      imagefolder.ImageFolderDataset.load_rgb, _a, _c, _w)
 
 
-def pocket_dir(cfg: PocketConfig, data_dir=None) -> Path:
-    """The cache folder of ``cfg``'s checkpoint. Its key hashes the image *content* (not file times), so a copied
-    cache or data folder is still recognised."""
+def pocket_dir(cfg: PocketConfig, data_dir=None, device: str | torch.device = "cpu") -> Path:
+    """The cache folder of ``cfg``'s checkpoint trained on ``device``. Its key hashes the image *content* (not file
+    times), so a copied cache or data folder is still recognised, and the precision ``cfg.amp`` resolves to there."""
     fps = [[src.dataset, src.classes, src.max_per_class, src.seed, _content_of(src.dataset, data_dir)]
            for src in cfg.pretrain]
-    return cache_dir() / "models" / "pocket" / f"{cfg.name}-{cfg.key(fps)}"
+    return cache_dir() / "models" / "pocket" / f"{cfg.name}-{cfg.key(fps, device)}"
 
 
 @functools.lru_cache(maxsize=64)
@@ -405,7 +408,7 @@ def _training_notice(cfg: PocketConfig, out: Path) -> str:
         if out.parent.is_dir() else []
     why = f"no checkpoint for it in {out}"
     if others:
-        why += (f" (the cache holds {', '.join(others)}: trained with another configuration, other pretraining "
+        why += (f" (the cache holds {', '.join(others)}: trained with another configuration or precision, other pretraining "
                 f"images or other training code)")
     return (f"[pocket] training pocket:{cfg.name} ({cfg.arch}) now, {_training_time(cfg)} on CPU: {why}. To use a "
             f"checkpoint trained elsewhere, point CLIPOOD_CACHE at the cache holding it or load its file with "
@@ -421,7 +424,7 @@ def pocket_checkpoint(profile: str | PocketConfig = DEFAULT, device="cpu", data_
     roughly how long it takes.
     """
     cfg = get_config(profile)
-    out = pocket_dir(cfg, data_dir)
+    out = pocket_dir(cfg, data_dir, device)
     ckpt = out / "open_clip_model.safetensors"
     if not force and (out / CHECKSUMS).exists():  # the usual case: trained, nobody writing
         with contextlib.suppress(OSError, ValueError):
@@ -458,10 +461,15 @@ def main(argv: list[str] | None = None) -> int:
             known = [f.name for f in dataclasses.fields(cfg)]
             p.error(f"--set {kv!r}: expected KEY=VALUE with KEY one of {known}")
         cur = getattr(cfg, k)
-        val = (v.lower() in ("1", "true", "yes")) if isinstance(cur, bool) else type(cur)(v) if cur is not None else v
+        if k == "amp" and v.lower() == "auto":
+            val = "auto"
+        elif isinstance(cur, bool) or k == "amp":
+            val = v.lower() in ("1", "true", "yes")
+        else:
+            val = type(cur)(v) if cur is not None else v
         cfg = dataclasses.replace(cfg, **{k: val})
     if args.where:
-        print(pocket_dir(cfg))
+        print(pocket_dir(cfg, device=args.device))
         return 0
     try:
         arch, ckpt, info = pocket_checkpoint(cfg, device=args.device, force=args.force)
