@@ -4,6 +4,8 @@
 PYTHON  ?= python3
 PROFILE ?= teaching
 POCKET  ?= small
+# pytest-xdist workers for `make test` (auto: one per core; 0 runs the tests in this process)
+TEST_WORKERS ?= auto
 MIRROR  ?= $(CLIPOOD_MIRROR)
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -35,7 +37,7 @@ notebooks: model wordnet
 
 test: env wordnet browser
 	$(PY) -m helpers.data import $(if $(MIRROR),--mirror $(MIRROR),)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 lint: env
 	$(PY) -m ruff check helpers tests benchmarks

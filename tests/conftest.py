@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Under pytest-xdist the workers share the cores (oversubscribed OpenMP threads slow every worker down); notebook
+# kernels and torchrun processes started by a test inherit the setting. Set before torch is imported.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0))
+                                                     // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import pytest  # noqa: E402
 
@@ -17,6 +22,19 @@ from helpers.paths import data_dir  # noqa: E402
 
 def _prepared(name: str) -> bool:
     return (data_dir() / DATASETS[name].root).is_dir()
+
+
+# Fixtures built once and shared: under pytest-xdist (`make test` runs `-n auto --dist loadgroup`) every test that
+# uses one runs on the same worker, so the fixture is still built once per test run; the other tests go by file, so a
+# module's fixtures are built once too.
+SHARED_FIXTURES = {"smoke_series": "smoke-series", "paper_world": "paper-world"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = next((g for f, g in SHARED_FIXTURES.items() if f in getattr(item, "fixturenames", ())),
+                     item.nodeid.split("::")[0])
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
