@@ -30,11 +30,22 @@ def _prepared(name: str) -> bool:
 SHARED_FIXTURES = {"smoke_series": "smoke-series", "paper_world": "paper-world"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the marks into the test ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
         group = next((g for f, g in SHARED_FIXTURES.items() if f in getattr(item, "fixturenames", ())),
                      item.nodeid.split("::")[0])
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """Stop when pytest-xdist does not group (it writes the group into each test id): the shared fixtures would be
+    built on every worker and a module's fixture torn down between its tests."""
+    if getattr(session.config.option, "loadgroup", False) and session.items and "@" not in session.items[0].nodeid:
+        raise pytest.UsageError(f"pytest-xdist does not group tests with pytest {pytest.__version__} "
+                                f"(pytest-xdist#1386): pip install 'pytest<9.2', or run without workers "
+                                f"(make test TEST_WORKERS=0)")
 
 
 @pytest.fixture(scope="session")
