@@ -257,10 +257,16 @@ def browser():
     driver.quit()
 
 
+# MathJax replaces the configuration object window.MathJax once its deferred script has run; on a busy machine that
+# can be after the page reports loaded, so wait for it (up to 30 s) before waiting for its typesetting
 WAIT_FOR_MATHJAX = """const done = arguments[arguments.length - 1];
-const mj = window.MathJax;
-if (mj && mj.startup && mj.startup.promise) mj.startup.promise.then(() => done("typeset"), e => done("error " + e));
-else done(mj ? "not loaded" : "none");"""
+const t0 = Date.now();
+(function wait() {
+  const mj = window.MathJax;
+  if (mj && mj.startup && mj.startup.promise) mj.startup.promise.then(() => done("typeset"), e => done("error " + e));
+  else if (Date.now() - t0 < 30000) setTimeout(wait, 50);
+  else done(mj ? "not loaded" : "none");
+})();"""
 
 PAGE_STATE = """return {
   images: [...document.images].map(i => ({src: i.src.slice(0, 60), complete: i.complete, width: i.naturalWidth})),
