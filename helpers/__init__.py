@@ -2,20 +2,29 @@
 
 The data path is  dataset -> model -> cached features -> detectors -> evaluate() -> long table -> views/figures:
 
-- :mod:`helpers.data`        dataset registry, mirror import, ImageFolder loading
-- :mod:`helpers.models`      one factory for open_clip models, local checkpoints and the pocket CLIP;
-                             ``derive`` for fine-tuned, edited or prompt-learned models
+- :mod:`helpers.data`        dataset registry, mirror import, ImageFolder loading, decoded image arrays
+- :mod:`helpers.models`      one factory for open_clip models, local checkpoints and the pocket CLIP (its training
+                             configs are ``pocket:<config>``); ``derive`` for fine-tuned, edited or prompt-learned models
 - :mod:`helpers.features`    cached image/text feature extraction (sharded under torchrun)
 - :mod:`helpers.benchmark`   a model + ID/OOD (+ training) sets as cached features
 - :mod:`helpers.detectors`   one small torch class per OOD detector, a registry by name
 - :mod:`helpers.evaluation`  ``evaluate()``: fit, score, measure; the canonical long table ``scores.csv``
 - :mod:`helpers.metrics`     AUROC / FPR95 / AUPR with explicit conventions and bootstrap CIs
-- :mod:`helpers.tables`      views of the long table, paired claims; :mod:`helpers.plots` shared figures
-- :mod:`helpers.probes`, :mod:`helpers.finetune`, :mod:`helpers.families`, :mod:`helpers.protocol`,
-  :mod:`helpers.gap`         the experiments of notebooks 02-04
-- :mod:`helpers.cache`       code hashes and the cache of trained artifacts
-- :mod:`helpers.report`      tables and figures written where the runner expects them
-- :mod:`helpers.run`         papermill runner for the numbered notebooks
+- :mod:`helpers.tables`      views of the long table, paired claims; :mod:`helpers.plots` shared figures;
+                             :mod:`helpers.summary`, :mod:`helpers.published` the series summary and the papers' numbers
+- :mod:`helpers.training`    the one training loop (``fit``): every method is its parameters plus an objective
+- notebook 02-03: :mod:`helpers.prompts`, :mod:`helpers.words` (NegLabel's lexicon), :mod:`helpers.probes` (PLP and
+  linear probes), :mod:`helpers.families` (ID accuracy vs AUROC across models), :mod:`helpers.protocol`,
+  :mod:`helpers.gap` (the modality gap)
+- notebook 04: :mod:`helpers.finetune` (full fine-tuning, CoOp/LoCoOp, the few-shot protocol)
+- notebook 05: :mod:`helpers.setar` (SeTAR's low-rank edits, their search, SeTAR+FT and LoRA)
+- notebook 06: :mod:`helpers.finetune.cma` (FLYP and CMA's modality-gap regulariser)
+- notebook 07: :mod:`helpers.adversarial` (feature-space attacks that make ID images look OOD)
+- :mod:`helpers.cache`, :mod:`helpers.io`, :mod:`helpers.distributed`, :mod:`helpers.torchtools`, :mod:`helpers.decode`
+                             keyed caches and atomic files, torchrun, AMP, image decoding
+- :mod:`helpers.report`, :mod:`helpers.events`  tables and figures written where the runner expects them; warnings
+- :mod:`helpers.run`, :mod:`helpers.profiles`, :mod:`helpers.site`  papermill runner for the numbered notebooks,
+                             its run profiles (smoke / teaching / paper), the rendered course site
 """
 
 __version__ = "0.2.0"

@@ -52,9 +52,9 @@ def attack_loss(adv: torch.Tensor, target: torch.Tensor, delta: torch.Tensor, la
 
 
 def _normalizer(loaded: LoadedModel):
-    from .finetune.full import _normalize_of
+    from .torchtools import normalize_of
 
-    norm = _normalize_of(loaded.preprocess)
+    norm = normalize_of(loaded.preprocess)
     mean = torch.tensor(norm.mean, device=loaded.device).view(1, 3, 1, 1)
     std = torch.tensor(norm.std, device=loaded.device).view(1, 3, 1, 1)
     return lambda x: (x - mean) / std
@@ -146,9 +146,9 @@ def decoded(loaded: LoadedModel, ds) -> torch.Tensor:
     """A dataset's images (N, 3, H, W) in [0, 1] at the model's input size, resized as its preprocessing does
     (:func:`helpers.data.arrays.decoded_images`, cached)."""
     from .data.arrays import decoded_images
-    from .finetune.full import _image_size
+    from .torchtools import image_size
 
-    size = _image_size(loaded.model.visual)
+    size = image_size(loaded.model.visual)
     return torch.from_numpy(decoded_images(ds, size, progress=False)).permute(0, 3, 1, 2).float().div(255)
 
 
@@ -158,9 +158,9 @@ def cached_attack(loaded: LoadedModel, sources, targets, *, use_cache: bool = Tr
     and the attack code."""
     from .cache import cached_tensors, code_hash
     from .data.arrays import decoded_images
-    from .finetune.full import _image_size
+    from .torchtools import image_size
 
-    size = _image_size(loaded.model.visual)
+    size = image_size(loaded.model.visual)
     key = {"model": loaded.image_id, "sources": sources.content_fingerprint(), "targets": targets.content_fingerprint(),
            "size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items() if k != "progress"},
            "code": code_hash(feature_attack, _perturb, attack_loss, tv2, embed, _normalizer, encode_images, decoded,

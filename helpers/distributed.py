@@ -5,8 +5,9 @@ Launched as ``torchrun --nproc_per_node K script.py`` every process (rank) runs 
 process and every function here is the identity (no process group, no wrapper), so the single-process numbers do
 not change.
 
-How a training step is shared so that its result equals the single-process step (the rule of the training loops
-in :mod:`helpers.finetune.full`, :mod:`helpers.finetune.cma` and :mod:`helpers.setar.finetune`):
+How a training step is shared so that its result equals the single-process step (the rule of the one training
+loop, :func:`helpers.training.fit`, and of the objectives of :mod:`helpers.finetune.full`, :mod:`helpers.finetune.cma`
+and :mod:`helpers.setar.finetune`):
 
 1. every rank draws the *global* batch exactly as one process would (same seed, same order, same random crops,
    flips and Mixup/CutMix, drawn for the whole batch), then keeps its contiguous slice (:func:`shard`);

@@ -39,7 +39,7 @@ from .benchmark import load_benchmark
 from .data import ImageFolderDataset, as_dataset_list, get_dataset, per_class_choice
 from .evaluation import Evaluation, evaluate
 from .models import LoadedModel, load_model
-from .models.pocket import PROFILES, PocketConfig, PretrainSource, get_config, pocket_checkpoint
+from .models.pocket import CONFIGS, PocketConfig, PretrainSource, get_config, pocket_checkpoint
 from .tables import average_ood
 
 # PLP's CLIP models (openai and LAION-2B weights, B/32 to bigG/14), as open_clip "ARCH/TAG" specs
@@ -99,7 +99,7 @@ def get_family(family: str | list[str]) -> list[FamilyMember]:
     if family == "open_clip":
         return [FamilyMember(s, spec=s) for s in OPEN_CLIP_FAMILY]
     if family in POCKET_FAMILIES:
-        return [m for p in POCKET_FAMILIES[family] for m in pocket_members(PROFILES[p])]
+        return [m for p in POCKET_FAMILIES[family] for m in pocket_members(CONFIGS[p])]
     raise KeyError(f"unknown model family {family!r}; known: {['open_clip', *POCKET_FAMILIES]}, or pass a list of "
                    f"model specs such as ['ViT-B-16/openai', 'ViT-L-14/openai']")
 

@@ -1,18 +1,17 @@
-"""Small torch pieces shared by the training and inference loops (pocket CLIP, fine-tuning, feature extraction).
+"""Small torch pieces shared by the training loop (:mod:`helpers.training`), attacks and feature extraction.
 
 - :func:`autocast`: mixed precision as an option — bf16 on CPU, fp16 on CUDA, a no-op when disabled; ``"auto"``
   turns it on where it is fast (:func:`amp_precision`);
 - :func:`adamw_groups`: AdamW parameter groups that decay matrices but not biases, norms, scales or embeddings
   (CLIP's and open_clip's ``training/main.py`` rule);
-- :func:`warmup_cosine`: a per-step schedule with a linear warm-up to the peak over ``warm`` steps, then cosine
-  decay to 0 at ``total`` steps;
+- :func:`normalize_of`, :func:`image_size`: what an open_clip model's preprocessing normalises with, and its input
+  size;
 - :func:`frozen`: a block in which a module's parameters get no gradient except the ones being trained.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -58,11 +57,20 @@ def adamw_groups(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], wei
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def warmup_cosine(opt: torch.optim.Optimizer, total: int, warm: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step scheduler: factor ``(s + 1) / warm`` for the first ``warm`` steps, then ``½ (1 + cos(π t))``
-    with ``t`` going from 0 to 1 over the remaining ``total - warm`` steps."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+def normalize_of(preprocess):
+    """The ``transforms.Normalize`` step of an open_clip preprocessing pipeline (its mean and std)."""
+    from torchvision import transforms
+
+    for t in getattr(preprocess, "transforms", []):
+        if isinstance(t, transforms.Normalize):
+            return t
+    raise ValueError(f"the model's preprocessing has no Normalize step to copy: {preprocess}")
+
+
+def image_size(visual: torch.nn.Module) -> int:
+    """The side of the square images an open_clip image tower takes."""
+    size = visual.image_size
+    return size[0] if isinstance(size, tuple | list) else int(size)
 
 
 @contextlib.contextmanager

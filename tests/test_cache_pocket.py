@@ -15,10 +15,10 @@ from safetensors import safe_open
 
 import helpers.models.pocket as pocket
 from helpers.models import load_model
-from helpers.models.pocket import CHECKSUMS, PROFILES, pocket_checkpoint, pocket_dir
+from helpers.models.pocket import CHECKSUMS, CONFIGS, pocket_checkpoint, pocket_dir
 
 # tiny-100 cut to one epoch: the same code path as pocket:tiny-100, trained in seconds
-FAST = dataclasses.replace(PROFILES["tiny-100"], epochs=1, eval_max_per_class=2)
+FAST = dataclasses.replace(CONFIGS["tiny-100"], epochs=1, eval_max_per_class=2)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_missing_checkpoint_is_announced_then_trained_and_cached(first_training,
 
 
 def test_training_notice_says_how_long_and_points_at_other_checkpoints(tmp_cache):
-    cfg = PROFILES["tiny-100"]
+    cfg = CONFIGS["tiny-100"]
     other = tmp_cache / "models" / "pocket" / "tiny-100-0123456789ab"
     other.mkdir(parents=True)
     (tmp_cache / "models" / "pocket" / "tiny-100-snapshots-0123456789ab").mkdir()  # another config: not named
@@ -97,7 +97,7 @@ def test_training_notice_says_how_long_and_points_at_other_checkpoints(tmp_cache
     assert notice.startswith("[pocket] training pocket:tiny-100 (pocket-vit-xs) now, about 10-40 seconds on CPU")
     assert "(the cache holds tiny-100-0123456789ab: trained with another configuration or precision" in notice
     assert "snapshots" not in notice
-    assert "about 6-20 minutes" in pocket._training_notice(PROFILES["small"], tmp_cache / "x" / "small-1")
+    assert "about 6-20 minutes" in pocket._training_notice(CONFIGS["small"], tmp_cache / "x" / "small-1")
 
 
 def test_copied_cache_is_reused_without_training(trained, tmp_cache, monkeypatch, capsys):

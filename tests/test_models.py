@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from helpers.errors import UnknownModelError, WeightsUnavailableError
 from helpers.models import load_model, split_spec
-from helpers.models.pocket import PROFILES, train_pocket
+from helpers.models.pocket import CONFIGS, train_pocket
 
 
 def test_unknown_architecture_lists_close_matches():
@@ -66,7 +66,7 @@ def test_random_weights_are_seeded():
 
 
 def test_pocket_training_is_deterministic(smoke_model, tmp_path, tmp_cache):
-    cfg = dataclasses.replace(PROFILES["tiny-100"], epochs=0.25, batch_size=16, eval_max_per_class=2)  # 16 steps
+    cfg = dataclasses.replace(CONFIGS["tiny-100"], epochs=0.25, batch_size=16, eval_max_per_class=2)  # 16 steps
     r1 = train_pocket(cfg, tmp_path / "a", progress=False)
     r2 = train_pocket(cfg, tmp_path / "b", progress=False)
     w1 = load_file(tmp_path / "a" / "open_clip_model.safetensors")

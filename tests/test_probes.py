@@ -215,14 +215,14 @@ def test_families_are_defined():
     import open_clip
 
     from helpers.families import OPEN_CLIP_FAMILY, get_family
-    from helpers.models.pocket import PROFILES
+    from helpers.models.pocket import CONFIGS
 
     known = set(open_clip.list_pretrained())
     assert all(tuple(s.split("/", 1)) in known for s in OPEN_CLIP_FAMILY)
     for name in ("pockets", "pockets-100"):
         members = get_family(name)
         assert len(members) >= 5, name
-        assert all(m.pocket is not None and m.pocket == PROFILES[m.pocket.name] for m in members)
+        assert all(m.pocket is not None and m.pocket == CONFIGS[m.pocket.name] for m in members)
     assert len(get_family("open_clip")) == len(OPEN_CLIP_FAMILY)
     mixed = get_family(["ViT-B-16/openai", "pocket:tiny-100-snapshots"])
     assert [m.name for m in mixed] == ["ViT-B-16/openai", "pocket:tiny-100-snapshots @25%",
@@ -237,7 +237,7 @@ def test_snapshot_members_load_their_own_checkpoints(require_data):
     import torch
 
     from helpers.families import FamilyMember, pocket_members
-    from helpers.models.pocket import PROFILES
+    from helpers.models.pocket import CONFIGS
 
     members = pocket_members("tiny-100-snapshots")
     early, final = members[0].load(), members[-1].load()
@@ -245,7 +245,7 @@ def test_snapshot_members_load_their_own_checkpoints(require_data):
     assert early.info["zero_shot_accuracy"] is None and final.info["zero_shot_accuracy"] is not None
     assert not torch.equal(early.model.visual.proj, final.model.visual.proj)
     with pytest.raises(KeyError, match="saved no snapshot at 0.30"):
-        FamilyMember("x", pocket=PROFILES["tiny-100-snapshots"], snapshot=0.3).load()
+        FamilyMember("x", pocket=CONFIGS["tiny-100-snapshots"], snapshot=0.3).load()
 
 
 def test_familiar_split_keeps_pretraining_images_out_of_the_test_sets(require_data, tmp_cache):

@@ -1,25 +1,12 @@
-"""Shared training pieces: the warm-up + cosine schedule, AdamW's weight-decay groups, freezing a module."""
+"""Shared torch pieces: AdamW's weight-decay groups, autocast and its precision, freezing a module."""
 
 import dataclasses
-import math
 
 import pytest
 import torch
 
 from helpers import torchtools
-from helpers.torchtools import adamw_groups, amp_precision, autocast, frozen, warmup_cosine
-
-
-def test_warmup_cosine_follows_the_formula():
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
-    sched = warmup_cosine(opt, total=10, warm=2)
-    lrs = []
-    for _ in range(10):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    expected = [2.0 * 1 / 2, 2.0 * 2 / 2] + [2.0 * 0.5 * (1 + math.cos(math.pi * t / 8)) for t in range(8)]
-    assert [round(x, 12) for x in lrs] == [round(x, 12) for x in expected]
+from helpers.torchtools import adamw_groups, amp_precision, autocast, frozen
 
 
 def test_adamw_groups_decay_only_weight_matrices():
@@ -55,9 +42,9 @@ def test_auto_precision_uses_bf16_only_where_the_cpu_has_it(monkeypatch, native)
 
 
 def test_pocket_cache_key_follows_the_precision_auto_resolves_to(monkeypatch):
-    from helpers.models.pocket import PROFILES
+    from helpers.models.pocket import CONFIGS
 
-    cfg = PROFILES["tiny-100"]
+    cfg = CONFIGS["tiny-100"]
     assert cfg.amp == "auto"
     keys = {}
     for native in (True, False):

@@ -17,7 +17,7 @@ name                         method                                      feature
 ===========================  ==========================================  =====================  ===========
 
 ``get(spec)`` builds one from a name, ``{"name": ..., **params}`` or ``"module:Class"``; ``available()`` lists
-them. :func:`helpers.evaluate.evaluate` fits and scores a list of them on a benchmark.
+them. :func:`helpers.evaluation.evaluate` fits and scores a list of them on a benchmark.
 """
 
 from .base import REGISTRY, Detector, UnknownDetectorError, available, get, register, with_defaults

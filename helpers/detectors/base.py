@@ -10,7 +10,7 @@ A detector is a small class in the style of pytorch-ood's detectors:
   :meth:`fit` needs beyond the model (``"train"``: labelled ID training features);
 - :meth:`fit` — text embeddings from the model, a probe, a memory bank... (optional);
 - :meth:`score` — written once in **torch**, on batches of features, differentiable where the formula is;
-  higher = more in-distribution. :meth:`__call__` is the numpy convenience used by :func:`helpers.evaluate`.
+  higher = more in-distribution. :meth:`__call__` is the numpy convenience used by :func:`helpers.evaluation.evaluate`.
 - :meth:`logits` — the class logits behind the score where there is a classifier (ID accuracy), else None.
 
 Register a new detector with ``@register`` and it is usable by name everywhere (``get("my-name", k=3)``,
@@ -160,7 +160,7 @@ class Detector:
         a time (GL-MCM's patch features of ImageNet do not fit in memory at once)."""
         if not self.fitted:
             raise RuntimeError(f"{self.label} is not fitted: call .fit(model, class_names[, train]) first "
-                               f"(helpers.evaluate does it)")
+                               f"(helpers.evaluation.evaluate does it)")
         where = getattr(features, "dataset", "the features")
         try:
             out = np.concatenate([self.score(**b).cpu().numpy() for b in self._batches(features, chunk)])

@@ -36,21 +36,19 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision import transforms
-from tqdm.auto import tqdm
 
-from .. import distributed
+from .. import distributed, training
 from ..cache import code_hash
 from ..data import ImageFolderDataset
 from ..data.arrays import decoded_images
 from ..models import LoadedModel, derive
-from ..torchtools import adamw_groups, autocast, warmup_cosine
-from .full import FineTuned, _image_size, _normalize_of
+from ..torchtools import adamw_groups, image_size, normalize_of
+from .full import FineTuned
 
 LAMBDA_CMA = 0.001  # published
 TRAIN_PROMPT = "a photo of a {}"  # their --prompt-name "a photo of a" + class name
@@ -81,7 +79,7 @@ def contrastive_finetune(loaded: LoadedModel, dataset: ImageFolderDataset, *, la
               "train_logit_scale": train_logit_scale, "amp": amp, "seed": seed}
     key = {"model": loaded.model_id, "images": dataset.content_fingerprint(), "classes": dataset.class_names,
            "labels": dataset.labels.tolist(), **config,
-           "code": code_hash(_train_both, _Towers, _random_crops, cma_loss, decoded_images)}
+           "code": code_hash(_train_both, _Towers, _random_crops, cma_loss, decoded_images, training)}
     tensors, info, hit = distributed.cached_tensors("cma", loaded.model_id, key,
                                                     lambda: _train_both(loaded, dataset, progress=progress, **config),
                                                     use_cache=use_cache)
@@ -90,7 +88,7 @@ def contrastive_finetune(loaded: LoadedModel, dataset: ImageFolderDataset, *, la
 
 
 class _Towers(nn.Module):
-    """Both towers of a CLIP as one module for DDP to wrap: normalised embeddings of images (B, 3, H, W) and of
+    """Both towers of a CLIP, the module the loop trains: normalised embeddings of images (B, 3, H, W) and of
     tokenised prompts (C, L), in fp32."""
 
     def __init__(self, model: nn.Module):
@@ -104,16 +102,16 @@ class _Towers(nn.Module):
 
 def _train_both(loaded: LoadedModel, dataset: ImageFolderDataset, *, lam, prompt, epochs, batch_size, lr,
                 weight_decay, warmup, crop_scale, train_logit_scale, amp, seed, progress) -> tuple[dict, dict]:
-    """The training loop of :func:`contrastive_finetune`: ``({parameter name: trained tensor}, info)``."""
+    """:func:`contrastive_finetune`'s objective and parameters, trained by :func:`helpers.training.fit`:
+    ``({parameter name: trained tensor}, info)``."""
     n = len(dataset)
     if n < 2:
         raise ValueError(f"dataset {dataset.name!r} has {n} image(s); contrastive fine-tuning needs a batch of 2+")
-    distributed.init()
-    device = distributed.local_device(loaded.device)
+    device = training.prepare(loaded.device)
     model = copy.deepcopy(loaded.model).to(device)
     model.logit_scale.requires_grad_(train_logit_scale)
-    norm = _normalize_of(loaded.preprocess)
-    size = _image_size(model.visual)
+    norm = normalize_of(loaded.preprocess)
+    size = image_size(model.visual)
     crop = transforms.RandomResizedCrop(size, scale=tuple(crop_scale), antialias=True,
                                         interpolation=transforms.InterpolationMode.BICUBIC)
     with distributed.main_first():  # one rank decodes into the cache, the others read it
@@ -121,46 +119,31 @@ def _train_both(loaded: LoadedModel, dataset: ImageFolderDataset, *, lam, prompt
     y_all = torch.from_numpy(dataset.labels)
     tokens = loaded.tokenizer([prompt.format(c) for c in dataset.class_names]).to(device)
 
-    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(adamw_groups(named, weight_decay), lr=lr)
-    per_epoch = max(1, n // batch_size)
-    total = epochs * per_epoch
-    sched = warmup_cosine(opt, total, warm=max(1, min(warmup, total // 10)))
-    history = []
-    towers = distributed.wrap(_Towers(model))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # batch order and crops
-        model.train()
-        for epoch in tqdm(range(epochs), desc=f"contrastive fine-tune (λ={lam})",
-                          disable=not progress or not distributed.is_main()):
-            perm = torch.randperm(n)
-            sums = np.zeros(2)
-            for b in range(per_epoch):
-                idx = perm[b * batch_size:(b + 1) * batch_size]
-                start, stop = distributed.shard_bounds(len(idx))
-                x = torch.stack(_random_crops(crop, x_all[idx], start, stop)).float().div(255)
-                x = transforms.functional.normalize(x, norm.mean, norm.std).to(device)
-                y = y_all[idx[start:stop]].to(device)
-                present, inverse = torch.unique(y, return_inverse=True)
-                with autocast(device, amp):  # this rank's slice; the embeddings of the global batch
-                    img, txt = towers(x, tokens[present])
-                img = distributed.all_gather_with_grad(img)
-                txt = distributed.all_gather_with_grad(txt[inverse])
-                logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-                loss = cma_loss(logits, lam)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                sums += [loss.item(), (img * txt).sum(1).mean().item()]
-            history.append({"epoch": epoch + 1, "loss": round(sums[0] / per_epoch, 4),
-                            "image·own prompt": round(sums[1] / per_epoch, 4)})
-    model.eval()
+    def objective(towers, idx, ctx):
+        start, stop = distributed.shard_bounds(len(idx))
+        x = torch.stack(_random_crops(crop, x_all[idx], start, stop)).float().div(255)
+        x = transforms.functional.normalize(x, norm.mean, norm.std).to(device)
+        present, inverse = torch.unique(y_all[idx[start:stop]].to(device), return_inverse=True)
+        img, txt = towers(x, tokens[present])  # this rank's slice; then the embeddings of the global batch
+        img, txt = distributed.all_gather_with_grad(img), distributed.all_gather_with_grad(txt[inverse])
+        loss = cma_loss(model.logit_scale.exp().clamp(max=100) * img.float() @ txt.float().T, lam)
+        return loss, {"image·own prompt": (img * txt).sum(1).mean()}
+
+    batches = training.Batches(n, batch_size)
+    total = epochs * batches.per_epoch
+    towers = _Towers(model)
+    run = training.fit(towers, adamw_groups([(k, p) for k, p in model.named_parameters() if p.requires_grad],
+                                         weight_decay), objective, batches,
+                    optimizer=lambda p: torch.optim.AdamW(p, lr=lr), epochs=epochs, device=device, amp=amp,
+                    schedule=training.schedule_warmup_cosine(max(1, min(warmup, total // 10))), seed=seed,
+                    generator=torch.default_generator,  # the crops draw from the global generator, seeded by fit
+                    desc=f"contrastive fine-tune (λ={lam})", progress=progress)
     tensors = {k: p.detach().cpu().clone() for k, p in model.named_parameters()}
     info = {"config": {"lam": lam, "prompt": prompt, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                        "weight_decay": weight_decay, "warmup": warmup, "crop_scale": list(crop_scale),
-                       "train_logit_scale": train_logit_scale, "amp": amp, "seed": seed, "steps": total},
-            "history": history}
+                       "train_logit_scale": train_logit_scale, "amp": amp, "seed": seed, "steps": run.steps},
+            "history": [{**h, "loss": round(h["loss"], 4), "image·own prompt": round(h["image·own prompt"], 4)}
+                        for h in run.history]}
     return tensors, info
 
 

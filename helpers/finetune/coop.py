@@ -50,8 +50,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
-from tqdm.auto import tqdm
 
+from .. import training
 from ..cache import cached_tensors, code_hash
 from ..models import LoadedModel, derive
 from ..torchtools import frozen
@@ -177,21 +177,9 @@ class CoOpPrompts:
         return len(self.ctx)
 
 
-def train_coop(loaded: LoadedModel, image: np.ndarray, labels: np.ndarray, class_names: list[str], *,
-               local: np.ndarray | None = None, n_ctx: int = 16, ctx_init: str | None = None, epochs: int = 50,
-               batch_size: int = 32, lr: float = 0.002, momentum: float = 0.9, weight_decay: float = 5e-4,
-               warmup_epochs: int = 1, warmup_lr: float = 1e-5, lam: float = 0.0, top_k: int = 200,
-               logit_scale: float | None = None, seed: int = 1, progress: bool = False) -> CoOpPrompts:
-    """Learn CoOp's context vectors (LoCoOp's when ``lam > 0``) on cached features; see the module docstring.
-
-    ``image`` (N, D): normalised image embeddings of the training images, ``labels`` (N,) into ``class_names``;
-    ``local`` (N, P, D): their normalised local features (needed when ``lam > 0``). ``logit_scale``: the
-    temperature inverse $\\tau$; None takes the model's ``exp(logit_scale)`` capped at 100. ``seed`` fixes the
-    context initialisation and the batch order. An epoch is ``N // batch_size`` batches (one batch of all
-    images when ``N < batch_size``), as Dassl's loader with ``drop_last``.
-    """
-    image, labels = np.asarray(image), np.asarray(labels)
-    n, c = len(labels), len(class_names)
+def _check_inputs(image: np.ndarray, labels: np.ndarray, c: int, local, lam: float, top_k: int) -> None:
+    """``ValueError`` naming the fix when :func:`train_coop`'s features, labels or LoCoOp settings do not fit."""
+    n = len(labels)
     if len(image) != n:
         raise ValueError(f"{len(image)} image features but {n} labels")
     if labels.min() < 0 or labels.max() >= c:
@@ -206,49 +194,64 @@ def train_coop(loaded: LoadedModel, image: np.ndarray, labels: np.ndarray, class
             raise ValueError(f"top_k={top_k} must lie in [1, {c - 1}] for {c} classes: with top_k >= {c} no patch "
                              f"is ever OOD. LoCoOp uses 200 of ImageNet's 1000 classes (20%); for {c} classes "
                              f"try top_k={max(1, round(0.2 * c))}.")
+
+
+def train_coop(loaded: LoadedModel, image: np.ndarray, labels: np.ndarray, class_names: list[str], *,
+               local: np.ndarray | None = None, n_ctx: int = 16, ctx_init: str | None = None, epochs: int = 50,
+               batch_size: int = 32, lr: float = 0.002, momentum: float = 0.9, weight_decay: float = 5e-4,
+               warmup_epochs: int = 1, warmup_lr: float = 1e-5, lam: float = 0.0, top_k: int = 200,
+               logit_scale: float | None = None, seed: int = 1, progress: bool = False) -> CoOpPrompts:
+    """Learn CoOp's context vectors (LoCoOp's when ``lam > 0``) on cached features; see the module docstring.
+
+    ``image`` (N, D): normalised image embeddings of the training images, ``labels`` (N,) into ``class_names``;
+    ``local`` (N, P, D): their normalised local features (needed when ``lam > 0``). ``logit_scale``: the
+    temperature inverse $\\tau$; None takes the model's ``exp(logit_scale)`` capped at 100. ``seed`` fixes the
+    context initialisation and the batch order. An epoch is ``N // batch_size`` batches (one batch of all
+    images when ``N < batch_size``), as Dassl's loader with ``drop_last``.
+    """
+    image, labels = np.asarray(image), np.asarray(labels)
+    n = len(labels)
+    _check_inputs(image, labels, len(class_names), local, lam, top_k)
     model = loaded.model
-    device = loaded.device
     gen = torch.Generator().manual_seed(seed)
     learner = PromptLearner(model, loaded.tokenizer, class_names, n_ctx=n_ctx, ctx_init=ctx_init, generator=gen)
+    device = training.prepare(loaded.device)
     learner.to(device)
     if logit_scale is None:
         logit_scale = min(float(model.logit_scale.detach().exp()), 100.0)
-    opt = torch.optim.SGD([learner.ctx], lr=lr, momentum=momentum, weight_decay=weight_decay)
     x_all = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     y_all = torch.from_numpy(labels.astype(np.int64))
-    per_epoch = max(1, n // batch_size)
-    history = []
+
+    def objective(prompts, idx, ctx):
+        x, y = x_all[idx].to(device), y_all[idx].to(device)
+        text = F.normalize(encode_token_embeddings(model, prompts(), learner.tokens).float(), dim=-1)
+        logits = logit_scale * x @ text.T
+        ce = F.cross_entropy(logits, y)
+        ent = torch.zeros((), device=device)
+        if lam > 0:
+            loc = torch.from_numpy(np.asarray(local[idx.numpy()], dtype=np.float32)).to(device)
+            ent = locoop_entropy(logit_scale * loc @ text.T, y, top_k)
+        return ce - lam * ent, {"ce": ce, "entropy": ent, "train_acc": (logits.argmax(1) == y).float().mean()}
+
+    batches = training.Batches(n, batch_size)
+    per_epoch = batches.per_epoch
     model.eval()
     with frozen(model):  # no .grad left on the shared model
-        for epoch in tqdm(range(epochs), desc="CoOp" if lam == 0 else "LoCoOp", disable=not progress):
-            for group in opt.param_groups:
-                group["lr"] = coop_lr(epoch, epochs=epochs, lr=lr, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr)
-            perm = torch.randperm(n, generator=gen)
-            sums = np.zeros(4)
-            for b in range(per_epoch):
-                idx = perm[b * batch_size:(b + 1) * batch_size] if n >= batch_size else perm
-                x, y = x_all[idx].to(device), y_all[idx].to(device)
-                text = F.normalize(encode_token_embeddings(model, learner(), learner.tokens).float(), dim=-1)
-                logits = logit_scale * x @ text.T
-                ce = F.cross_entropy(logits, y)
-                ent = torch.zeros((), device=device)
-                if lam > 0:
-                    loc = torch.from_numpy(np.asarray(local[idx.numpy()], dtype=np.float32)).to(device)
-                    ent = locoop_entropy(logit_scale * loc @ text.T, y, top_k)
-                loss = ce - lam * ent
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                acc = (logits.argmax(1) == y).float().mean()
-                sums += [loss.item(), ce.item(), ent.item(), acc.item()]
-            history.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"],
-                            **dict(zip(["loss", "ce", "entropy", "train_acc"], sums / per_epoch))})
+        run = training.fit(learner, [learner.ctx], objective, batches,
+                        # lr 1: the schedule's factor is Dassl's learning rate of the step's epoch itself
+                        optimizer=lambda p: torch.optim.SGD(p, lr=1.0, momentum=momentum, weight_decay=weight_decay),
+                        schedule=lambda s, total: coop_lr(s // per_epoch, epochs=epochs, lr=lr,
+                                                          warmup_epochs=warmup_epochs, warmup_lr=warmup_lr),
+                        epochs=epochs, device=device, seed=seed, generator=gen,
+                        desc="CoOp" if lam == 0 else "LoCoOp", progress=progress)
         with torch.no_grad():
             text = F.normalize(encode_token_embeddings(model, learner(), learner.tokens).float(), dim=-1)
     config = {"n_ctx": learner.n_ctx, "ctx_init": ctx_init, "epochs": epochs, "batch_size": batch_size, "lr": lr,
               "momentum": momentum, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
               "warmup_lr": warmup_lr, "lam": lam, "top_k": top_k, "logit_scale": logit_scale, "seed": seed,
               "train_images": n}
+    history = [{"epoch": h["epoch"], "lr": h["lr"], **{k: h[k] for k in ("loss", "ce", "entropy", "train_acc")}}
+               for h in run.history]
     return CoOpPrompts(learner.ctx.detach().cpu().numpy().copy(), text.cpu().numpy(), list(class_names), config,
                        history)
 
@@ -263,7 +266,7 @@ def coop_model(loaded: LoadedModel, train, class_names: list[str], *, use_cache:
 
     lam = kwargs.get("lam", 0.0)
     key = {"model": loaded.model_id, "train": features_id(train), "classes": list(class_names), **kwargs,
-           "code": code_hash(train_coop, PromptLearner, encode_token_embeddings, locoop_entropy, coop_lr)}
+           "code": code_hash(train_coop, PromptLearner, encode_token_embeddings, locoop_entropy, coop_lr, training)}
 
     def build():
         p = train_coop(loaded, train.image, train.labels, class_names, local=train.local if lam > 0 else None,

@@ -38,6 +38,7 @@ gradients, so the step equals the single-process step (up to float rounding); ``
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -46,16 +47,14 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision import transforms
-from tqdm.auto import tqdm
 
-from .. import distributed
+from .. import distributed, training
 from ..cache import code_hash
 from ..data import ImageFolderDataset
 from ..data.arrays import decoded_images
 from ..io import sha256_json
 from ..models import LoadedModel, derive
-from ..torchtools import adamw_groups, autocast, warmup_cosine
+from ..torchtools import adamw_groups, image_size, normalize_of
 
 
 class ZeroShotHead(nn.Module):
@@ -89,18 +88,6 @@ class FineTuned:
     config: dict
     history: list[dict] = field(default_factory=list)
     from_cache: bool = False
-
-
-def _normalize_of(preprocess) -> transforms.Normalize:
-    for t in getattr(preprocess, "transforms", []):
-        if isinstance(t, transforms.Normalize):
-            return t
-    raise ValueError(f"the model's preprocessing has no Normalize step to copy: {preprocess}")
-
-
-def _image_size(visual) -> int:
-    size = visual.image_size
-    return size[0] if isinstance(size, tuple | list) else int(size)
 
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, rng: np.random.Generator, *, mixup: float,
@@ -141,7 +128,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tenso
 
 
 class _Classifier(nn.Module):
-    """The image tower followed by the head: ``head(visual(x))`` (B, C), one module for DDP to wrap."""
+    """The image tower followed by the head: ``head(visual(x))`` (B, C), the module the loop trains (its state:
+    ``visual.*``, ``head.weight``, ``head.bias``)."""
 
     def __init__(self, visual: nn.Module, head: ZeroShotHead):
         super().__init__()
@@ -169,7 +157,8 @@ def finetune_image_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text:
               "head_init": head_init, "amp": amp, "seed": seed}
     key = {"model": loaded.model_id, "images": dataset.content_fingerprint(), "labels": sha256_json(dataset.labels.tolist()),
            "text": sha256_json(np.asarray(text, np.float32).round(6).tolist()), **config,
-           "code": code_hash(_train_tower, _Classifier, ZeroShotHead, mix_batch, _augment, decoded_images)}
+           "code": code_hash(_train_tower, _Classifier, ZeroShotHead, _MixState, mix_batch, _augment,
+                                     decoded_images, training)}
     tensors, info, hit = distributed.cached_tensors(
         "finetune", loaded.model_id, key,
         lambda: _train_tower(loaded, dataset, text, progress=progress, **config), use_cache=use_cache)
@@ -181,10 +170,24 @@ def finetune_image_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text:
     return FineTuned(ft, info["config"], info["history"], hit)
 
 
+class _MixState:
+    """The numpy generator that draws Mixup/CutMix, kept by a checkpoint of the run."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def state_dict(self) -> dict:
+        return {"rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = json.loads(state["rng"])
+
+
 def _train_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text: np.ndarray, *, epochs: int, batch_size: int,
                  lr: float, weight_decay: float, warmup: float, label_smoothing: float, mixup: float, cutmix: float,
                  augment: bool, head_init: str, amp: bool, seed: int, progress: bool) -> tuple[dict, dict]:
-    """The training loop of :func:`finetune_image_tower`: ``({"visual.*", "head.weight", "head.bias"}, info)``."""
+    """:func:`finetune_image_tower`'s objective and parameters, trained by :func:`helpers.training.fit`:
+    ``({"visual.*", "head.weight", "head.bias"}, info)``."""
     text_t = torch.as_tensor(np.asarray(text, np.float32))
     labels = dataset.labels
     n, c = len(labels), len(text_t)
@@ -192,56 +195,40 @@ def _train_tower(loaded: LoadedModel, dataset: ImageFolderDataset, text: np.ndar
         raise ValueError(f"dataset {dataset.name!r} is empty")
     if labels.max() >= c:
         raise ValueError(f"dataset {dataset.name!r} has labels up to {labels.max()} but text has {c} classes")
-    distributed.init()
-    device = distributed.local_device(loaded.device)
-    visual = copy.deepcopy(loaded.model.visual).to(device)
+    device = training.prepare(loaded.device)
+    visual = copy.deepcopy(loaded.model.visual)
     gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    mix = _MixState(seed)
     scale = min(float(loaded.model.logit_scale.detach().exp()), 100.0)
-    head = ZeroShotHead(text_t, scale, head_init, generator=gen).to(device)
-    norm = _normalize_of(loaded.preprocess)
+    classifier = _Classifier(visual, ZeroShotHead(text_t, scale, head_init, generator=gen)).to(device)
+    norm = normalize_of(loaded.preprocess)
     mean = torch.tensor(norm.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
     with distributed.main_first():  # one rank decodes into the cache, the others read it
-        x_all = torch.from_numpy(decoded_images(dataset, _image_size(visual), progress=progress))
+        x_all = torch.from_numpy(decoded_images(dataset, image_size(visual), progress=progress))
     y_all = torch.from_numpy(labels)
 
-    named = list(visual.named_parameters()) + [(f"head.{k}", p) for k, p in head.named_parameters()]
-    opt = torch.optim.AdamW(adamw_groups(named, weight_decay), lr=lr)
-    per_epoch = max(1, n // batch_size)
-    total = epochs * per_epoch
-    sched = warmup_cosine(opt, total, warm=max(1, int(round(warmup * total))))
-    history = []
-    model = distributed.wrap(_Classifier(visual, head))
-    visual.train()
-    for epoch in tqdm(range(epochs), desc="fine-tune", disable=not progress or not distributed.is_main()):
-        perm = torch.randperm(n, generator=gen)
-        loss_sum = acc_sum = 0.0
-        for b in range(per_epoch):
-            idx = perm[b * batch_size:(b + 1) * batch_size] if n >= batch_size else perm
-            xb = _augment(x_all[idx], gen) if augment else x_all[idx]
-            xb = (xb.to(device).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-            yb = y_all[idx].to(device)
-            xb, target = mix_batch(xb, yb, c, rng, mixup=mixup, cutmix=cutmix, smoothing=label_smoothing)
-            with autocast(device, amp):  # this rank's slice; the logits of the global batch
-                logits = distributed.all_gather_with_grad(model(distributed.shard(xb)))
-            loss = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.item()
-            acc_sum += (logits.argmax(1) == yb).float().mean().item()
-        history.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"], "loss": loss_sum / per_epoch,
-                        "train_acc": acc_sum / per_epoch})
-    visual.eval()
+    def objective(model, idx, ctx):
+        xb = _augment(x_all[idx], ctx.gen) if augment else x_all[idx]
+        xb = (xb.to(device).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        yb = y_all[idx].to(device)
+        xb, target = mix_batch(xb, yb, c, mix.rng, mixup=mixup, cutmix=cutmix, smoothing=label_smoothing)
+        logits = distributed.all_gather_with_grad(model(distributed.shard(xb)))  # the global batch's logits
+        loss = -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+        return loss, {"train_acc": (logits.argmax(1) == yb).float().mean()}
+
+    batches = training.Batches(n, batch_size)
+    total = epochs * batches.per_epoch
+    run = training.fit(classifier, adamw_groups(classifier.named_parameters(), weight_decay), objective, batches,
+                    optimizer=lambda p: torch.optim.AdamW(p, lr=lr), epochs=epochs, device=device, amp=amp,
+                    schedule=training.schedule_warmup_cosine(max(1, int(round(warmup * total)))), seed=seed,
+                    generator=gen, extra_state=[mix], desc="fine-tune", progress=progress)
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup": warmup,
               "label_smoothing": label_smoothing, "mixup": mixup, "cutmix": cutmix, "augment": augment,
-              "head_init": head_init, "amp": amp, "seed": seed, "train_images": n, "steps": total,
+              "head_init": head_init, "amp": amp, "seed": seed, "train_images": n, "steps": run.steps,
               "logit_scale": scale}
-    tensors = {f"visual.{k}": v for k, v in visual.state_dict().items()}
-    tensors.update({"head.weight": head.weight.detach(), "head.bias": head.bias.detach()})
-    return tensors, {"config": config, "history": history}
+    return {k: v.detach().cpu() for k, v in classifier.state_dict().items()}, {"config": config,
+                                                                              "history": run.history}
 
 
 def weight_change(before: nn.Module, after: nn.Module) -> pd.DataFrame:

@@ -198,37 +198,9 @@ def derive(loaded: LoadedModel, tag: str, *, weights: dict[str, torch.Tensor] | 
     """
     weights, modules = dict(weights or {}), dict(modules or {})
     params = dict(loaded.model.named_parameters())
-    unknown = [k for k in weights if k not in params]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], params, n=3)
-        raise KeyError(f"derive: {loaded.model_id} has no parameter {unknown[0]!r} (close: {close})")
-    for k, v in weights.items():
-        if tuple(v.shape) != tuple(params[k].shape):
-            raise ValueError(f"derive: {k} has shape {tuple(params[k].shape)}, the replacement {tuple(v.shape)}")
-    h = hashlib.sha256(tag.encode())
-    _hash_tensors(h, weights)
-    for name in sorted(modules):
-        _hash_tensors(h, {f"{name}.{k}": v for k, v in modules[name].state_dict().items()})
-    if head is not None:
-        _hash_tensors(h, {"head.weight": head[0], "head.bias": head[1]})
-    if class_text is not None:
-        h.update("\x1f".join(class_text[0]).encode())
-        _hash_tensors(h, {"class_text": class_text[1]})
-    digest = h.hexdigest()
-
-    # a structural copy that shares every tensor except the replaced ones
-    replaced = set(weights) | {k for k in params if k.split(".", 1)[0] in modules}
-    memo = {id(t): t for k, t in [*loaded.model.named_parameters(), *loaded.model.named_buffers()]
-            if k not in replaced}
-    memo.update({id(getattr(loaded.model, name)): m for name, m in modules.items()})
-    model = copy.deepcopy(loaded.model, memo)
-    for name, m in modules.items():
-        setattr(model, name, m)
-    for k, v in weights.items():
-        owner, _, attr = k.rpartition(".")
-        target = model.get_submodule(owner) if owner else model
-        setattr(target, attr, torch.nn.Parameter(v.detach().to(params[k].device, params[k].dtype),
-                                                 requires_grad=params[k].requires_grad))
+    _check_replacements(loaded, params, weights)
+    digest = _derived_digest(tag, weights, modules, head, class_text)
+    model = _structural_copy(loaded.model, params, weights, modules)
     image_changed = "visual" in modules or any(k.startswith(VISUAL_PREFIX) for k in weights)
     text_changed = class_text is not None or any(not k.startswith(VISUAL_PREFIX) for k in weights) or any(
         k != "visual" for k in modules)
@@ -242,16 +214,56 @@ def derive(loaded: LoadedModel, tag: str, *, weights: dict[str, torch.Tensor] | 
         info={**loaded.info, **(info or {}), "derived_from": loaded.model_id, "tag": tag})
 
 
+def _check_replacements(loaded: LoadedModel, params: dict, weights: dict) -> None:
+    unknown = [k for k in weights if k not in params]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], params, n=3)
+        raise KeyError(f"derive: {loaded.model_id} has no parameter {unknown[0]!r} (close: {close})")
+    for k, v in weights.items():
+        if tuple(v.shape) != tuple(params[k].shape):
+            raise ValueError(f"derive: {k} has shape {tuple(params[k].shape)}, the replacement {tuple(v.shape)}")
+
+
+def _derived_digest(tag: str, weights: dict, modules: dict, head, class_text) -> str:
+    """sha256 of the tag and every replaced tensor, module state, head and learned class prompt."""
+    h = hashlib.sha256(tag.encode())
+    _hash_tensors(h, weights)
+    for name in sorted(modules):
+        _hash_tensors(h, {f"{name}.{k}": v for k, v in modules[name].state_dict().items()})
+    if head is not None:
+        _hash_tensors(h, {"head.weight": head[0], "head.bias": head[1]})
+    if class_text is not None:
+        h.update("\x1f".join(class_text[0]).encode())
+        _hash_tensors(h, {"class_text": class_text[1]})
+    return h.hexdigest()
+
+
+def _structural_copy(model: torch.nn.Module, params: dict, weights: dict, modules: dict) -> torch.nn.Module:
+    """A copy of ``model`` that shares every tensor except the replaced ``weights`` and top-level ``modules``."""
+    replaced = set(weights) | {k for k in params if k.split(".", 1)[0] in modules}
+    memo = {id(t): t for k, t in [*model.named_parameters(), *model.named_buffers()] if k not in replaced}
+    memo.update({id(getattr(model, name)): m for name, m in modules.items()})
+    out = copy.deepcopy(model, memo)
+    for name, m in modules.items():
+        setattr(out, name, m)
+    for k, v in weights.items():
+        owner, _, attr = k.rpartition(".")
+        target = out.get_submodule(owner) if owner else out
+        setattr(target, attr, torch.nn.Parameter(v.detach().to(params[k].device, params[k].dtype),
+                                                 requires_grad=params[k].requires_grad))
+    return out
+
+
 def _check_arch(arch: str) -> None:
     if arch not in open_clip.list_models():
         close = difflib.get_close_matches(arch, open_clip.list_models(), n=5, cutoff=0.6)
         pocket = ""
         if arch.lower().startswith("pocket"):  # "pocket-small", "pocket_teaching": a pocket CLIP config meant
-            from .pocket import PROFILES, suggest_pocket
+            from .pocket import CONFIGS, suggest_pocket
 
             names = suggest_pocket(re.sub(r"^pocket[-_: ]*", "", arch.lower()))
             pocket = (f"Did you mean {' or '.join(f'pocket:{n}' for n in names)}? " if names else "") + (
-                f"The pocket CLIPs are asked for as pocket:<config> ({', '.join(f'pocket:{n}' for n in PROFILES)}); "
+                f"The pocket CLIPs are asked for as pocket:<config> ({', '.join(f'pocket:{n}' for n in CONFIGS)}); "
                 f"pocket-vit-* are their bare architectures. ")
         raise UnknownModelError(
             f"Unknown open_clip architecture {arch!r}. {pocket}Close matches: {close or 'none'}. "
@@ -369,22 +381,12 @@ def load_model(
     ``force_image_size`` / ``force_context_length``; tests use them to run ``ViT-B-16`` on tiny inputs); both
     become part of ``model_id``.
     """
+    args = dict(device=device, precision=precision, interpolation=interpolation, resize_mode=resize_mode, seed=seed,
+                image_size=image_size, context_length=context_length)
     if spec == "pocket" or spec.startswith("pocket:"):
-        from .pocket import DEFAULT, PROFILES, pocket_checkpoint, unknown_pocket_error
-
-        _, _, profile = spec.partition(":")
-        if profile and profile not in PROFILES:
-            raise unknown_pocket_error(profile)
-        arch, ckpt, info = pocket_checkpoint(profile or DEFAULT, device=device)
-        loaded = load_model(arch, str(ckpt), device=device, precision=precision, interpolation=interpolation,
-                            resize_mode=resize_mode, seed=seed, image_size=image_size, context_length=context_length)
-        loaded.info = info
-        loaded.name = spec
-        return loaded
-
+        return _load_pocket(spec, **args)
     arch, pretrained = split_spec(spec, pretrained)
     _check_arch(arch)
-    device = torch.device(device)
     layers = None
     if (opts := RANDOM_SPEC.fullmatch(str(pretrained))) is not None:  # "random-seed1-img32-ctx8", as model ids read
         pretrained = "random"
@@ -394,23 +396,72 @@ def load_model(
         context_length = context_length or (int(opts["ctx"]) if opts["ctx"] else None)
     random_init = pretrained in (None, "", "random", "none")
     if not random_init and not _is_local_file(pretrained):
-        tags = open_clip.list_pretrained_tags_by_model(arch)
-        if pretrained not in tags:
-            looks_like_path = os.sep in str(pretrained) or str(pretrained).endswith((".pt", ".pth", ".bin", ".safetensors"))
-            where = "" if os.path.isabs(str(pretrained)) else (
-                f" (a relative path is taken from the current folder, {os.getcwd()}; a notebook runs in notebooks/)")
-            hint = (f"the checkpoint file {pretrained} does not exist{where}" if looks_like_path
-                    else f"known tags for {arch}: {tags or 'none'}; close matches: "
-                         f"{difflib.get_close_matches(str(pretrained), tags, n=3, cutoff=0.4) or 'none'}")
-            raise UnknownModelError(f"Unknown pretrained weights {pretrained!r} for {arch!r}: {hint}.")
+        _check_pretrained_tag(arch, pretrained)
     torch.manual_seed(seed)
-    kwargs = dict(precision=precision, device=device, image_interpolation=interpolation,
-                  image_resize_mode=resize_mode, cache_dir=cache_dir, weights_only=True,
-                  force_image_size=image_size, force_context_length=context_length)
+    model, preprocess = _create(arch, None if random_init else pretrained, precision=precision,
+                                device=torch.device(device), image_interpolation=interpolation,
+                                image_resize_mode=resize_mode, cache_dir=cache_dir, weights_only=True,
+                                force_image_size=image_size, force_context_length=context_length)
+    if layers:
+        _keep_blocks(model, layers)
+    model.eval()
+    model_id, sha, info = _identity(arch, None if random_init else pretrained, seed)
+    # a forced size changes the weights' shapes (and the random draws): it must change every cache key
+    model_id += (f"-img{image_size}" if image_size else "") + (f"-ctx{context_length}" if context_length else "")
+    model_id += f"-layers{layers}" if layers else ""
+    interp = interpolation or getattr(model, "pretrained_cfg", {}).get("interpolation", "bicubic") or "bicubic"
+    name = spec if pretrained is None or "/" in spec else f"{arch}/{Path(str(pretrained)).name}"
+    return LoadedModel(model, preprocess, open_clip.get_tokenizer(arch, context_length=context_length), model_id,
+                       arch, None if random_init else str(pretrained), sha, torch.device(device), precision, interp,
+                       name=name, info=info)
+
+
+
+def _identity(arch: str, pretrained: str | None, seed: int) -> tuple[str, str | None, dict]:
+    """``(model id, sha256 of a local checkpoint or None, its training report or {})``: a random model is named by
+    its seed, a local file by its content, a published one by its tag."""
+    if pretrained is None:
+        return f"{arch}/random-seed{seed}", None, {}
+    if _is_local_file(pretrained):
+        sha = sha256_file(pretrained)
+        return f"{arch}/sha256:{sha[:16]}", sha, checkpoint_info(arch, pretrained)
+    return f"{arch}/{pretrained}", None, {}
+
+def _load_pocket(spec: str, **args) -> LoadedModel:
+    """``pocket`` / ``pocket:<config>``: the pocket CLIP's checkpoint (trained first if not cached), loaded as a
+    local checkpoint file."""
+    from .pocket import CONFIGS, DEFAULT, pocket_checkpoint, unknown_pocket_error
+
+    _, _, name = spec.partition(":")
+    if name and name not in CONFIGS:
+        raise unknown_pocket_error(name)
+    arch, ckpt, info = pocket_checkpoint(name or DEFAULT, device=args["device"])
+    loaded = load_model(arch, str(ckpt), **args)
+    loaded.info, loaded.name = info, spec
+    return loaded
+
+
+def _check_pretrained_tag(arch: str, pretrained: str) -> None:
+    """``UnknownModelError`` unless ``pretrained`` is one of open_clip's tags for ``arch``; says whether it looks
+    like a missing file or a mistyped tag, with close matches."""
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained in tags:
+        return
+    looks_like_path = os.sep in str(pretrained) or str(pretrained).endswith((".pt", ".pth", ".bin", ".safetensors"))
+    where = "" if os.path.isabs(str(pretrained)) else (
+        f" (a relative path is taken from the current folder, {os.getcwd()}; a notebook runs in notebooks/)")
+    hint = (f"the checkpoint file {pretrained} does not exist{where}" if looks_like_path
+            else f"known tags for {arch}: {tags or 'none'}; close matches: "
+                 f"{difflib.get_close_matches(str(pretrained), tags, n=3, cutoff=0.4) or 'none'}")
+    raise UnknownModelError(f"Unknown pretrained weights {pretrained!r} for {arch!r}: {hint}.")
+
+
+def _create(arch: str, pretrained: str | None, **kwargs):
+    """open_clip's model and preprocessing; a damaged local file or weights that cannot be downloaded become the
+    package's clear errors."""
     try:
         with _quiet_download_errors():
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, None if random_init else pretrained,
-                                                                         **kwargs)
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained, **kwargs)
     except (RuntimeError, SafetensorError, EOFError) as e:
         if _is_local_file(pretrained):
             raise _damaged_checkpoint(arch, str(pretrained), e) from e
@@ -422,23 +473,4 @@ def load_model(
                 f"cache (~/.cache/huggingface) here, or pass the checkpoint file as pretrained."
             ) from e
         raise
-    if layers:
-        _keep_blocks(model, layers)
-    model.eval()
-    tokenizer = open_clip.get_tokenizer(arch, context_length=context_length)
-    info = {}
-    if random_init:
-        model_id, sha = f"{arch}/random-seed{seed}", None
-    elif _is_local_file(pretrained):
-        sha = sha256_file(pretrained)
-        model_id = f"{arch}/sha256:{sha[:16]}"
-        info = checkpoint_info(arch, pretrained)
-    else:
-        model_id, sha = f"{arch}/{pretrained}", None
-    # a forced size changes the weights' shapes (and the random draws): it must change every cache key
-    model_id += (f"-img{image_size}" if image_size else "") + (f"-ctx{context_length}" if context_length else "")
-    model_id += f"-layers{layers}" if layers else ""
-    interp = interpolation or getattr(model, "pretrained_cfg", {}).get("interpolation", "bicubic") or "bicubic"
-    name = spec if pretrained is None or "/" in spec else f"{arch}/{Path(str(pretrained)).name}"
-    return LoadedModel(model, preprocess, tokenizer, model_id, arch, None if random_init else str(pretrained), sha,
-                       device, precision, interp, name=name, info=info)
+    return model, preprocess

@@ -41,7 +41,6 @@ import json
 import math
 import re
 import sys
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,15 +52,15 @@ import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
+from .. import training
 from ..cache import code_hash
 from ..data import get_dataset
 from ..data.arrays import decoded_images, geometry
 from ..errors import ClipOODError, UnknownModelError
 from ..io import atomic_path, build_lock, sha256_file, sha256_json, write_json
 from ..paths import cache_dir
-from ..torchtools import adamw_groups, amp_precision, autocast, warmup_cosine
+from ..torchtools import adamw_groups, amp_precision, image_size
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ class PocketConfig:
         return sha256_json({"cfg": d, "data": fingerprints, "code": training_code_hash()})[:12]
 
 
-PROFILES: dict[str, PocketConfig] = {
+CONFIGS: dict[str, PocketConfig] = {
     # the teaching model (about 6-20 minutes on 2 CPU cores), logit scale fixed at CLIP's 100. Calibration on this
     # machine with a learned scale (zero-shot CIFAR-10 accuracy, clean 2-core wall time): no token dropping,
     # 4 epochs: 63.6% in ~9.5 min; 50% dropping, 7 epochs: 66.6% in 11.7 min; 50%, 6 epochs, unmasked last 15%:
@@ -149,17 +148,17 @@ RENAMED = {"teaching": "small", "smoke": "tiny-100", "smoke-family": "tiny-100-s
 def suggest_pocket(name: str) -> list[str]:
     """Config names close to ``name`` (an old name gives its new one), best first."""
     name = str(name).strip().lower()
-    if name in PROFILES:
+    if name in CONFIGS:
         return [name]
     if name in RENAMED:
         return [RENAMED[name]]
-    close = difflib.get_close_matches(name, PROFILES, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, CONFIGS, n=3, cutoff=0.6)
     return close or list(dict.fromkeys(RENAMED[c] for c in difflib.get_close_matches(name, RENAMED, n=2, cutoff=0.75)))
 
 
 def unknown_pocket_error(name: str) -> UnknownModelError:
     """The error for a pocket CLIP name that is not a config, with close matches and the known names."""
-    known = ", ".join(f"pocket:{p}" for p in PROFILES)
+    known = ", ".join(f"pocket:{p}" for p in CONFIGS)
     if name in RENAMED:
         return UnknownModelError(f"Unknown pocket CLIP 'pocket:{name}': it was renamed pocket:{RENAMED[name]}. "
                                  f"Known: {known}.")
@@ -168,14 +167,14 @@ def unknown_pocket_error(name: str) -> UnknownModelError:
     return UnknownModelError(f"Unknown pocket CLIP 'pocket:{name}'{hint}. Known: {known}.")
 
 
-def get_config(profile: str | PocketConfig) -> PocketConfig:
-    if isinstance(profile, PocketConfig):
-        return profile
-    if profile not in PROFILES:
-        close = difflib.get_close_matches(str(profile), PROFILES, n=3, cutoff=0.4)
-        raise UnknownModelError(f"Unknown pocket CLIP {profile!r}{f' (did you mean {close}?)' if close else ''}; "
-                                f"known: {', '.join(f'pocket:{p}' for p in PROFILES)}.")
-    return PROFILES[profile]
+def get_config(config: str | PocketConfig) -> PocketConfig:
+    if isinstance(config, PocketConfig):
+        return config
+    if config not in CONFIGS:
+        close = difflib.get_close_matches(str(config), CONFIGS, n=3, cutoff=0.4)
+        raise UnknownModelError(f"Unknown pocket CLIP {config!r}{f' (did you mean {close}?)' if close else ''}; "
+                                f"known: {', '.join(f'pocket:{p}' for p in CONFIGS)}.")
+    return CONFIGS[config]
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -235,87 +234,81 @@ def zero_shot_accuracy(model, tokenizer, x_uint8: np.ndarray, labels: np.ndarray
 # ------------------------------------------------------------------------------------- training
 def train_pocket(cfg: PocketConfig, out_dir: Path, device: str | torch.device = "cpu", data_dir=None,
                  progress: bool = True) -> dict:
-    """Train ``cfg`` and write ``open_clip_model.safetensors`` and ``train.json`` into ``out_dir``."""
-    device = torch.device(device)
+    """Train ``cfg`` and write ``open_clip_model.safetensors`` and ``train.json`` into ``out_dir``. The run keeps a
+    checkpoint (``resume.pt``) every 250 steps; an interrupted training continues from it."""
+    device = training.prepare(device)
     torch.manual_seed(cfg.seed)
     model = open_clip.create_model(cfg.arch, pretrained=None, device=device, force_patch_dropout=cfg.patch_dropout)
     tokenizer = open_clip.get_tokenizer(cfg.arch)
-    image_size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
-    x_all, y_all, names, fps = pretraining_arrays(cfg, image_size, data_dir)
+    size = image_size(model.visual)
+    x_all, y_all, names, fps = pretraining_arrays(cfg, size, data_dir)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(cfg.logit_scale_init))
     model.logit_scale.requires_grad_(cfg.learn_logit_scale)
-
-    opt = torch.optim.AdamW(adamw_groups(model.named_parameters(), cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2),
-                            fused=True)  # fused: the 6M-row token embedding makes the update 15% of a step
-    n = len(y_all)
-    steps_per_epoch = max(1, n // cfg.batch_size)
-    total = max(1, int(round(cfg.epochs * steps_per_epoch)))
-    sched = warmup_cosine(opt, total, warm=max(1, int(cfg.warmup * total)))
+    batches = training.Batches(len(y_all), cfg.batch_size)
+    total = max(1, int(round(cfg.epochs * batches.per_epoch)))
     snapshot_steps = {max(1, int(round(f * total))): f for f in cfg.snapshots}
+    switch = int(cfg.patch_dropout_until * total) if cfg.patch_dropout > 0 else None
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    x_t, y_t = torch.from_numpy(x_all), torch.from_numpy(y_all)
-    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(open_clip.OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1)
-    templates = OPENAI_IMAGENET_TEMPLATES
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log, t0, step = [], time.time(), 0
-    model.train()
-    bar = tqdm(total=total, desc=f"pocket CLIP [{cfg.name}]", disable=not progress, mininterval=2)
-    perm = torch.randperm(n, generator=gen)
-    cursor = 0
-    while step < total:
-        if cursor + cfg.batch_size > n:
-            perm, cursor = torch.randperm(n, generator=gen), 0
-        idx = perm[cursor:cursor + cfg.batch_size]
-        cursor += cfg.batch_size
-        x, y = x_t[idx], y_t[idx]
-        if cfg.flip:
-            flip = torch.rand(len(x), generator=gen) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
-        present, target = torch.unique(y, return_inverse=True)
-        tmpl = torch.randint(len(templates), (len(present),), generator=gen)
-        captions = [templates[t](names[c]) for t, c in zip(tmpl.tolist(), present.tolist())]
-        with autocast(device, cfg.amp), _sdpa_for_training(device):
-            img = F.normalize(model.encode_image(_normalise(x.to(device), mean, std)).float(), dim=-1)
-            txt = F.normalize(model.encode_text(tokenizer(captions).to(device)).float(), dim=-1)
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T  # (B, C_present)
-        target = target.to(device)
-        loss_i2t = F.cross_entropy(logits, target)
-        soft = F.one_hot(target, len(present)).float().T  # (C_present, B)
-        loss_t2i = -(soft / soft.sum(1, keepdim=True) * F.log_softmax(logits.T, dim=1)).sum(1).mean()
-        loss = (loss_i2t + loss_t2i) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        step += 1
-        bar.update(1)
-        if step % 50 == 0 or step == total:
-            log.append({"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)})
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step == int(cfg.patch_dropout_until * total) and cfg.patch_dropout > 0:
+    def before_step(s: int) -> None:
+        if switch is not None and s >= switch:
             model.visual.patch_dropout.prob = 0.0  # FLIP's unmasked tuning: close the train/test gap
-        if step in snapshot_steps:
-            _save(model, out_dir / f"snapshot-{snapshot_steps[step]:.2f}.safetensors")
-            model.train()
-    bar.close()
-    train_seconds = time.time() - t0
-    _save(model, out_dir / "open_clip_model.safetensors")
 
+    def after_step(done: int) -> None:
+        if done in snapshot_steps:
+            _save(model, out_dir / f"snapshot-{snapshot_steps[done]:.2f}.safetensors")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _sdpa_for_training(device):
+        run = training.fit(model, adamw_groups(model.named_parameters(), cfg.weight_decay),
+                        _contrastive_objective(cfg, tokenizer, torch.from_numpy(x_all), torch.from_numpy(y_all),
+                                               names, device), batches,
+                        # fused: the 6M-row token embedding makes the update 15% of a step
+                        optimizer=lambda p: torch.optim.AdamW(p, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=True),
+                        schedule=training.schedule_warmup_cosine(max(1, int(cfg.warmup * total))),
+                        epochs=cfg.epochs, device=device, amp=cfg.amp, seed=cfg.seed, seed_global=False,
+                        desc=f"pocket CLIP [{cfg.name}]", progress=progress, log_every=50, before_step=before_step,
+                        after_step=after_step, checkpoint=out_dir / "resume.pt", checkpoint_every=250)
+    _save(model, out_dir / "open_clip_model.safetensors")
     ev = get_dataset(cfg.eval_dataset, data_dir=data_dir, max_per_class=cfg.eval_max_per_class)
-    acc = zero_shot_accuracy(model, tokenizer, decoded_images(ev, image_size), ev.labels, ev.class_names, device)
+    acc = zero_shot_accuracy(model, tokenizer, decoded_images(ev, size), ev.labels, ev.class_names, device)
     report = {
         "name": cfg.name, "arch": cfg.arch, "config": dataclasses.asdict(cfg), "class_names": names,
-        "pretrain_images": n, "steps": total, "train_seconds": round(train_seconds, 1),
-        "threads": torch.get_num_threads(), "device": str(device), "precision": amp_precision(device, cfg.amp),
+        "pretrain_images": len(y_all), "steps": run.steps, "train_seconds": round(run.seconds, 1),
+        "threads": torch.get_num_threads(), "device": str(device), "precision": run.precision,
         "zero_shot_accuracy": acc, "zero_shot_eval": f"{cfg.eval_dataset} ({len(ev)} images, 'a photo of a {{}}.')",
-        "parameters": sum(p.numel() for p in model.parameters()), "data_fingerprints": fps, "log": log,
+        "parameters": sum(p.numel() for p in model.parameters()), "data_fingerprints": fps, "log": run.log,
         "snapshots": {f"{f:.2f}": f"snapshot-{f:.2f}.safetensors" for f in cfg.snapshots},
     }
     write_json(out_dir / "train.json", report)
     return report
+
+
+def _contrastive_objective(cfg: PocketConfig, tokenizer, x_t: torch.Tensor, y_t: torch.Tensor, names: list[str],
+                           device: torch.device):
+    """The pocket CLIP's pretraining objective on a batch of rows: each image against one caption per class
+    present (a random OpenAI ImageNet template), symmetric cross-entropy; a caption's images share its target."""
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1)
+    templates = OPENAI_IMAGENET_TEMPLATES
+
+    def objective(model, idx, ctx):
+        x, y = x_t[idx], y_t[idx]
+        if cfg.flip:
+            flip = torch.rand(len(x), generator=ctx.gen) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
+        present, target = torch.unique(y, return_inverse=True)
+        tmpl = torch.randint(len(templates), (len(present),), generator=ctx.gen)
+        captions = [templates[t](names[c]) for t, c in zip(tmpl.tolist(), present.tolist())]
+        img = F.normalize(model.encode_image(_normalise(x.to(device), mean, std)).float(), dim=-1)
+        txt = F.normalize(model.encode_text(tokenizer(captions).to(device)).float(), dim=-1)
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T  # (B, C_present)
+        target = target.to(device)
+        soft = F.one_hot(target, len(present)).float().T  # (C_present, B)
+        loss_t2i = -(soft / soft.sum(1, keepdim=True) * F.log_softmax(logits.T, dim=1)).sum(1).mean()
+        return (F.cross_entropy(logits, target) + loss_t2i) / 2, {}
+
+    return objective
 
 
 def _save(model: torch.nn.Module, path: Path) -> None:
@@ -328,11 +321,11 @@ def training_code_hash() -> str:
     """Hash of the code that determines a pocket CLIP's weights (part of its cache key)."""
     from ..data import imagefolder
     from ..torchtools import adamw_groups as _a
+    from ..torchtools import amp_precision as _p
     from ..torchtools import autocast as _c
-    from ..torchtools import warmup_cosine as _w
 
-    return code_hash(train_pocket, pretraining_arrays, _normalise, _sdpa_for_training, decoded_images, geometry,
-                     imagefolder.ImageFolderDataset.load_rgb, _a, _c, _w)
+    return code_hash(train_pocket, _contrastive_objective, pretraining_arrays, _normalise, _sdpa_for_training,
+                     decoded_images, geometry, imagefolder.ImageFolderDataset.load_rgb, _a, _c, _p, training)
 
 
 def pocket_dir(cfg: PocketConfig, data_dir=None, device: str | torch.device = "cpu") -> Path:
@@ -353,7 +346,7 @@ CHECKSUMS = "checksums.json"
 
 
 def _training_time(cfg: PocketConfig) -> str:
-    return TRAINING_TIME.get(cfg.name, "minutes") if PROFILES.get(cfg.name) == cfg else "minutes"
+    return TRAINING_TIME.get(cfg.name, "minutes") if CONFIGS.get(cfg.name) == cfg else "minutes"
 
 
 def _read_json(path: Path):
@@ -415,7 +408,7 @@ def _training_notice(cfg: PocketConfig, out: Path) -> str:
             f"load_model({cfg.arch!r}, '<folder>/open_clip_model.safetensors').")
 
 
-def pocket_checkpoint(profile: str | PocketConfig = DEFAULT, device="cpu", data_dir=None, force: bool = False,
+def pocket_checkpoint(config: str | PocketConfig = DEFAULT, device="cpu", data_dir=None, force: bool = False,
                       progress: bool = True) -> tuple[str, Path, dict]:
     """``(arch, checkpoint path, training report)`` of a pocket CLIP; trains it first if not cached.
 
@@ -423,7 +416,7 @@ def pocket_checkpoint(profile: str | PocketConfig = DEFAULT, device="cpu", data_
     trained again. Before a training that was not asked for (``force``) one line says what is trained, why and
     roughly how long it takes.
     """
-    cfg = get_config(profile)
+    cfg = get_config(config)
     out = pocket_dir(cfg, data_dir, device)
     ckpt = out / "open_clip_model.safetensors"
     if not force and (out / CHECKSUMS).exists():  # the usual case: trained, nobody writing
@@ -448,7 +441,7 @@ def pocket_checkpoint(profile: str | PocketConfig = DEFAULT, device="cpu", data_
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m helpers.models.pocket", description="train or load a pocket CLIP")
-    p.add_argument("--config", default=DEFAULT, choices=sorted(PROFILES), help="which pocket CLIP")
+    p.add_argument("--config", default=DEFAULT, choices=sorted(CONFIGS), help="which pocket CLIP")
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint exists")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields (experiments)")

@@ -26,12 +26,13 @@ is one pass over a fresh random permutation, and the last, smaller batch is kept
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..training import Batches, fit
 
 
 @dataclass
@@ -124,21 +125,16 @@ def train_linear_probe(features: np.ndarray, labels: np.ndarray, *, num_classes:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         layer = torch.nn.Linear(x.shape[1], c).to(device)  # PyTorch's default initialisation, seeded
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(layer.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(x) / batch_size)
-    schedule = lr_schedule(epochs * steps_per_epoch, lr, warmup)
-    step = 0
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen).to(device)
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            for group in opt.param_groups:
-                group["lr"] = float(schedule[step])
-            loss = F.cross_entropy(layer(xs[idx]), ys[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
+    batches = Batches(len(x), batch_size, keep_last=True)
+    schedule = lr_schedule(epochs * batches.per_epoch, lr, warmup)
+
+    def objective(probe, idx, ctx):
+        idx = idx.to(device)
+        return F.cross_entropy(probe(xs[idx]), ys[idx]), {}
+
+    # the optimiser's lr is 1, so the schedule's factor is the learning rate itself (PLP's per-step values)
+    fit(layer, layer.parameters(), objective, batches, optimizer=lambda p: torch.optim.Adam(p, lr=1.0,
+                                                                                           weight_decay=weight_decay),
+        schedule=lambda s, total: float(schedule[s]), epochs=epochs, device=device, seed=seed)
     return LinearProbe(layer.weight.detach().cpu().numpy().copy(), layer.bias.detach().cpu().numpy().copy(),
                        mean, std)

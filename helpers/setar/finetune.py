@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from .. import distributed
+from .. import training as loop
 from ..cache import code_hash
 from ..features import encode_images
 from ..finetune.coop import locoop_entropy
@@ -96,7 +97,7 @@ def merged(model: nn.Module, names) -> dict[str, torch.Tensor]:
 
 class _Encoders(nn.Module):
     """The model's global and local image features (:func:`helpers.features.encode_images`) of images
-    (B, 3, H, W) and its normalised text features of tokenised prompts (C, L): one module for DDP to wrap."""
+    (B, 3, H, W) and its normalised text features of tokenised prompts (C, L): the module the loop trains."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -115,36 +116,20 @@ def train_updates(base: LoadedModel, factors: dict, images: torch.Tensor, labels
     training log (one row per epoch)."""
     model, trainable = with_updates(base, factors)
     scale = scale or min(float(base.model.logit_scale.detach().exp()), 100.0)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    per_epoch = max(1, math.ceil(len(labels) / batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * per_epoch)
-    log = []
-    model.eval()  # no dropout; the updates still train
-    with frozen(model, trainable):  # gradients for the updates only; the shared base's flags come back after
-        encoders = distributed.wrap(_Encoders(model))
-        for epoch in range(epochs):
-            log.append(_epoch(encoders, opt, sched, gen, images, labels, tokens, batch_size, scale, lam, top_k,
-                              epoch))
-    return merged(model, list(factors)), log
 
-
-def _epoch(encoders, opt, sched, gen, images, labels, tokens, batch_size, scale, lam, top_k, epoch) -> dict:
-    """One pass over the images in a seeded order; the epoch's mean loss, CE and OOD-patch entropy."""
-    perm, sums, batches = torch.randperm(len(labels), generator=gen), np.zeros(3), 0
-    for i in range(0, len(labels), batch_size):
-        idx = perm[i:i + batch_size]
+    def objective(encoders, idx, ctx):
         f, text = encoders(images[distributed.shard(idx)], tokens)  # this rank's slice
         f = {k: distributed.all_gather_with_grad(v) for k, v in f.items()}  # the global batch's features
         ce = F.cross_entropy(scale * f["image"] @ text.T, labels[idx])
         ent = locoop_entropy(scale * f["local"] @ text.T, labels[idx], top_k)
-        loss = ce - lam * ent
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        sums, batches = sums + [loss.item(), ce.item(), ent.item()], batches + 1
-    return {"epoch": epoch, "lr": opt.param_groups[0]["lr"], **dict(zip(["loss", "ce", "entropy"], sums / batches))}
+        return ce - lam * ent, {"ce": ce, "entropy": ent}
+
+    with frozen(model, trainable):  # gradients for the updates only; the shared base's flags come back after
+        run = loop.fit(_Encoders(model), trainable, objective, loop.Batches(len(labels), batch_size, keep_last=True),
+                        optimizer=lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum, weight_decay=weight_decay),
+                        schedule=loop.schedule_cosine, epochs=epochs, device=base.device, seed=seed,
+                        train_mode=False)  # no dropout; the updates still train
+    return merged(model, list(factors)), run.history
 
 
 def finetuned_model(base: LoadedModel, parent: LoadedModel, factors: dict, tag: str, images, labels, tokens,
@@ -156,8 +141,8 @@ def finetuned_model(base: LoadedModel, parent: LoadedModel, factors: dict, tag: 
                                                                       .numpy(), 8).tolist()) + f"x{s}"
                                               for n, (b, a, s) in factors.items()},
            "data": sha256_json([images.shape, float(images.double().sum()), labels.tolist(), tokens.tolist()]),
-           **train, "code": code_hash(train_updates, _epoch, _Encoders, with_updates, LowRankDelta, merged,
-                                      locoop_entropy)}
+           **train, "code": code_hash(train_updates, _Encoders, with_updates, LowRankDelta, merged, locoop_entropy,
+                                      loop)}
 
     def build():
         weights, log = train_updates(base, factors, images, labels, tokens, **train)
