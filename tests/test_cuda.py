@@ -10,7 +10,8 @@ code on the CPU (AMP is bf16 there): a check of the tests themselves, not of CUD
 
 Covered: extraction fp32 vs AMP (global features min cosine > 0.999), MCM / GL-MCM scores and kNN on the GPU vs the
 CPU (1e-5), a linear probe trained on the GPU vs on the CPU, one full fine-tuning step and one CoOp step under
-AMP, a few pocket-CLIP training steps, and the GPU decode path (nvJPEG + GPU resize) vs the CPU tensor path.
+AMP, a few pocket-CLIP training steps, the training loop under fp16 with its loss scaler vs fp32, and the GPU
+decode path (nvJPEG + GPU resize) vs the CPU tensor path.
 """
 
 import dataclasses
@@ -191,3 +192,28 @@ def test_gpu_decode_path_vs_cpu_tensor_path(gpu_model, cpu_model, small_sets, tm
     p = extract_features(cpu_model, odd, kinds=("image",), num_workers=0, progress=False, decode="pil")
     assert g.failed == p.failed == ["x/truncated.jpg"] and g.paths == p.paths
     assert cos_rows(g.image, p.image).min() > 0.99
+
+
+def test_fit_under_fp16_scales_the_loss_and_matches_fp32():
+    """The training loop under CUDA AMP: fp16 autocast with a GradScaler (bf16 on the CPU, no scaler); a small
+    classifier trained both ways ends within a tolerance of the fp32 weights, and the scaler's scale is kept."""
+    from helpers import training
+
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+
+    def run(amp):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+        out = training.fit(model, model.parameters(), lambda m, idx, ctx: (F.cross_entropy(
+            m(x[idx].to(ctx.device)).float(), y[idx].to(ctx.device)), {}), training.Batches(64, 16),
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.1), epochs=3, device=DEVICE, amp=amp)
+        return model, out
+
+    m32, r32 = run(False)
+    m16, r16 = run(True)
+    assert r32.precision == "fp32" and r16.precision == ("fp16" if DEVICE.type == "cuda" else "bf16")
+    for a, b in zip(m32.parameters(), m16.parameters()):
+        assert torch.allclose(a.float().cpu(), b.float().cpu(), atol=2e-2)
+    assert r16.history[-1]["loss"] < r16.history[0]["loss"]
