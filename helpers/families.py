@@ -40,7 +40,7 @@ from .data import ImageFolderDataset, as_dataset_list, get_dataset, per_class_ch
 from .evaluation import Evaluation, evaluate
 from .models import LoadedModel, load_model
 from .models.pocket import PROFILES, PocketConfig, PretrainSource, get_config, pocket_checkpoint
-from .tables import average_ood
+from .views import familiar_gaps, family_summary  # noqa: F401  (their home: helpers.views)
 
 # PLP's CLIP models (openai and LAION-2B weights, B/32 to bigG/14), as open_clip "ARCH/TAG" specs
 OPEN_CLIP_FAMILY: tuple[str, ...] = (
@@ -139,19 +139,6 @@ def evaluate_family(members: list[FamilyMember], detectors: Sequence, *, id_data
     return pd.concat(tables, ignore_index=True), models
 
 
-def family_summary(table: pd.DataFrame, accuracy_of: Sequence[str]) -> pd.DataFrame:
-    """One row per family member: the ID accuracy of the detectors ``accuracy_of`` (labels; their classifiers)
-    and the AUROC of every detector averaged over the OOD sets. The image-tower size is not in the long table;
-    the members' order is kept."""
-    avg = average_ood(table)
-    avg = avg[avg["ood_set"] == "average"]
-    acc = avg[avg["detector_label"].isin(accuracy_of)].pivot_table(
-        index="model", columns="detector_label", values="id_acc", sort=False)
-    auroc = avg.pivot_table(index="model", columns="detector_label", values="auroc", sort=False)
-    out = pd.concat([acc.add_prefix("acc: "), auroc.add_prefix("AUROC: ")], axis=1)
-    return out.loc[list(dict.fromkeys(table["model"]))].reset_index()
-
-
 def fit_line(x, y) -> dict[str, float]:
     """Least-squares line ``y = slope · x + intercept`` with ``r2`` (= Pearson r²), ``pearson_r`` and ``p_value``."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
@@ -248,22 +235,6 @@ def familiar_experiment(base: str | PocketConfig, split: FamiliarSplit, detector
                                   method=label, device=device, **kwargs).table)
         models.append(loaded)
     return pd.concat(tables, ignore_index=True), models
-
-
-def familiar_gaps(table: pd.DataFrame) -> pd.DataFrame:
-    """Per experiment (``step``) and detector, from :func:`familiar_experiment` rows: AUROC gaps *unseen − seen* of
-    each model, familiar − control on each test set, and the change of the gap (familiar − control; > 0:
-    familiarity hurts the seen classes more than the unseen ones)."""
-    t = table.assign(part=table["ood_set"].str.rsplit("-", n=1).str[-1])
-    a = t.pivot_table(index=["step", "detector_label"], columns=["method", "part"], values="auroc", sort=False)
-    gaps = pd.DataFrame({
-        "control: unseen − seen": a[("control", "unseen")] - a[("control", "seen")],
-        "familiar: unseen − seen": a[("familiar", "unseen")] - a[("familiar", "seen")],
-        "familiar − control on seen": a[("familiar", "seen")] - a[("control", "seen")],
-        "familiar − control on unseen": a[("familiar", "unseen")] - a[("control", "unseen")],
-    })
-    gaps["gap change"] = gaps["familiar: unseen − seen"] - gaps["control: unseen − seen"]
-    return gaps.reset_index()
 
 
 def familiar_verdict(gaps: pd.DataFrame, boundary: Sequence[str], feature: Sequence[str],
