@@ -231,3 +231,24 @@ def headline(table: pd.DataFrame, labels: Sequence[str], metrics: Sequence[str] 
 def gap_by_method(gaps: pd.DataFrame, values: Sequence[str] = ("centroid gap", "image·own prompt")) -> pd.DataFrame:
     """Notebook 06's gap table (model, method, role, seed, ...) as the mean over seeds per model, method and role."""
     return gaps.groupby(["model", "method", "role"], sort=False)[list(values)].mean().reset_index()
+
+
+def rows_of(table: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """The rows of each ``(method, detector_label)`` pair, in the order of ``pairs`` (notebook 04's headline);
+    a pair without rows raises."""
+    return pd.concat([select(table, method=m, detector_label=d) for m, d in pairs])
+
+
+def auroc_gap_points(long: pd.DataFrame, gaps: pd.DataFrame, label: str, seed: int, role: str = "ID") -> pd.DataFrame:
+    """Notebook 06's AUROC-vs-gap points: per model and method of seed ``seed``, the average AUROC of the
+    detector ``label`` beside the centroid gap of the ``role`` sets (``gaps``: notebook 06's gap table; a
+    fine-tuned model ``<base>+cma`` is named ``<base>`` there). Every point must have its gap."""
+    avg = select(average_ood(long), ood_set="average", detector_label=label, seed=seed)
+    avg = avg[["model", "method", "seed", "auroc"]]
+    avg = avg.assign(model=avg["model"].str.replace(r"\+cma$", "", regex=True))
+    gap = select(gaps, role=role, seed=seed)[["model", "method", "seed", "centroid gap"]]
+    out = avg.merge(gap, on=["model", "method", "seed"], how="left", validate="one_to_one")
+    if out["centroid gap"].isna().any():
+        raise SelectionError(f"auroc_gap_points: no {role} gap for "
+                             f"{out[out['centroid gap'].isna()][['model', 'method']].to_dict('records')}")
+    return out

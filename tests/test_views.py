@@ -191,3 +191,21 @@ def test_attack_sets_give_every_set_its_factors():
     assert set(images) == set(factors)
     _, by_step = adversarial.attack_sets("tiny", None, [smooth], by_step=True)
     assert [f["attack_steps"] for f in by_step.values()] == [10, 20]
+
+
+def test_rows_of_keeps_the_pairs_order_and_raises_on_a_missing_pair(long):
+    got = views.rows_of(long, [("SeTAR", "GL-MCM (T=1, λ=1)"), ("zero-shot", "MCM (T=1)")])
+    assert list(got["auroc"]) == [85.0, 86.0, 70.0, 71.0]
+    with pytest.raises(SelectionError, match="method='CoOp'"):
+        views.rows_of(long, [("CoOp", "MCM (T=1)")])
+
+
+def test_auroc_gap_points_join_each_model_to_its_gap(long):
+    t = pd.concat([long.assign(model="m"), long.assign(model="m+cma", method="CMA (λ=1)")])
+    t = t[t.method != "SeTAR"]
+    gaps = pd.DataFrame({"model": ["m"] * 4, "method": ["zero-shot", "zero-shot", "CMA (λ=1)", "CMA (λ=1)"],
+                         "seed": 0, "role": ["ID", "OOD", "ID", "OOD"], "centroid gap": [0.5, 0.6, 0.2, 0.3]})
+    p = views.auroc_gap_points(t, gaps, "MCM (T=1)", 0).set_index("method")
+    assert p.loc["zero-shot", "auroc"] == 70.5 and p.loc["CMA (λ=1)", "centroid gap"] == 0.2
+    with pytest.raises(SelectionError, match="no ID gap"):
+        views.auroc_gap_points(t, gaps[gaps.method == "zero-shot"], "MCM (T=1)", 0)
