@@ -252,3 +252,17 @@ def auroc_gap_points(long: pd.DataFrame, gaps: pd.DataFrame, label: str, seed: i
         raise SelectionError(f"auroc_gap_points: no {role} gap for "
                              f"{out[out['centroid gap'].isna()][['model', 'method']].to_dict('records')}")
     return out
+
+
+def id_accuracy(table: pd.DataFrame) -> pd.DataFrame:
+    """The ID test accuracy of each detector with a classifier (label, order kept; the first row of each)."""
+    t = table.dropna(subset=["id_acc"]).drop_duplicates("detector_label")
+    return t[["detector_label", "id_acc"]].rename(columns={"id_acc": "ID test accuracy (%)"}).reset_index(drop=True)
+
+
+def family_fits(summary: pd.DataFrame, pairings: Mapping[str, tuple[str, str]]) -> pd.DataFrame:
+    """One row per pairing ``name -> (accuracy column, AUROC column)`` of :func:`family_summary`: the
+    least-squares line of AUROC against accuracy across the members (:func:`helpers.families.fit_line`)."""
+    from .families import fit_line
+
+    return pd.DataFrame([{"pairing": p, **fit_line(summary[x], summary[y])} for p, (x, y) in pairings.items()])

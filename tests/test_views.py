@@ -209,3 +209,13 @@ def test_auroc_gap_points_join_each_model_to_its_gap(long):
     assert p.loc["zero-shot", "auroc"] == 70.5 and p.loc["CMA (λ=1)", "centroid gap"] == 0.2
     with pytest.raises(SelectionError, match="no ID gap"):
         views.auroc_gap_points(t, gaps[gaps.method == "zero-shot"], "MCM (T=1)", 0)
+
+
+def test_id_accuracy_and_family_fits():
+    rows = [_row("mcm", MCM, "MCM (T=1)", "far", 70.0, acc=61.0), _row("knn", {"k": 1}, "kNN", "far", 80.0, acc=np.nan),
+            _row("mcm", MCM, "MCM (T=1)", "near", 71.0, acc=61.0)]
+    acc = views.id_accuracy(pd.DataFrame(rows))
+    assert acc.to_dict("list") == {"detector_label": ["MCM (T=1)"], "ID test accuracy (%)": [61.0]}
+    s = pd.DataFrame({"acc: a": [1.0, 2.0, 3.0, 4.0], "AUROC: b": [3.0, 5.0, 7.0, 9.0]})
+    fit = views.family_fits(s, {"a acc vs b": ("acc: a", "AUROC: b")}).iloc[0]
+    assert fit["pairing"] == "a acc vs b" and fit["slope"] == pytest.approx(2.0) and fit["r2"] == pytest.approx(1.0)
