@@ -241,8 +241,9 @@ def attack_sets(source: str, real: torch.Tensor | None, attacks: list[Attack], b
         s = a.settings
         name = "smooth" if s["lam"] > 0 else "patchy"
         eps = {} if s.get("eps") is None else {"eps_255": round(s["eps"] * 255, 6)}
+        bound = f", ε={eps['eps_255']:g}/255" if eps else ""
         for step, x in [*(a.snapshots.items() if by_step else []), (s["steps"], a.images)]:
-            label = f"{source} ({name}{', ε=%g/255' % eps['eps_255'] if eps else ''} @ {step})"
+            label = f"{source} ({name}{bound} @ {step})"
             images[label] = x
             factors[label] = {"ood_set": source, "attack": name, "attack_steps": int(step), **eps}
     return images, factors

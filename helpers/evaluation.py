@@ -4,7 +4,7 @@ Every notebook scores through :func:`evaluate`. Each call returns an :class:`Eva
 per-image scores) and upserts its rows into ``<results_dir>/scores.csv``, the notebook's canonical *long* table:
 one row per (step, model, method, shots, seed, detector, parameters, ID set, OOD set), with the columns of
 :data:`COLUMNS`. Rows with the same key are replaced, so re-running a cell does not duplicate them. Wide tables
-and figures are views of this table (:mod:`helpers.tables`); notebook 08 reads only these tables.
+and figures are views of this table (:mod:`helpers.tables`, :mod:`helpers.views`); notebook 08 reads only these tables.
 
 Conventions are columns, not footnotes: ``fpr_positive`` (``"id"``: the fraction of OOD accepted when 95% of ID
 is accepted, as MCM, GL-MCM, SeTAR, NegLabel, PLP and CMA; ``"ood"``: OpenOOD's) and ``fpr_method``

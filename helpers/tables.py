@@ -1,4 +1,5 @@
-"""Views of the canonical long table (:mod:`helpers.evaluation`) and the statistics that compare methods.
+"""Views of the canonical long table (:mod:`helpers.evaluation`) and the statistics that compare methods; the
+named per-notebook views built on these live in :mod:`helpers.views`.
 
 - :func:`select` the rows with given key values (``detector``, ``params``, ``method``, factor columns ...), raising
   :class:`SelectionError` that names the criteria when none, or more than ``expect``, match: every join and
