@@ -31,10 +31,11 @@ from .io import atomic_path
 from .metrics import accuracy, ood_report
 from .paths import cache_dir
 
-# experimental factors of an OOD set beyond its dataset (notebook 07: the attack, "none" for the real source
-# images, its number of steps and its L∞ bound in units of 1/255); empty where they do not apply. Select rows by
+# experimental factors of an OOD set beyond its dataset, empty where they do not apply: notebook 07's attack
+# ("none" for the real source images), its number of steps and its L∞ bound in units of 1/255; ``variant`` the
+# part of the dataset (notebook 03's familiar OOD: the classes "seen" / "unseen" in pretraining). Select rows by
 # them, never by a printed set name.
-FACTORS = ["attack", "attack_steps", "eps_255"]
+FACTORS = ["attack", "attack_steps", "eps_255", "variant"]
 COLUMNS = ["notebook", "step", "model", "model_id", "method", "shots", "seed", "detector", "detector_label", "params",
            "id_set", "ood_set", *FACTORS, "n_id", "n_ood", "auroc", "auroc_lo", "auroc_hi", "fpr95", "fpr95_lo",
            "fpr95_hi", "fpr_positive", "fpr_method", "aupr_in", "aupr_out", "id_acc", "n_boot"]

@@ -106,14 +106,15 @@ def get_family(family: str | list[str]) -> list[FamilyMember]:
 
 def score_model(loaded: LoadedModel, train: ImageFolderDataset, id_test: ImageFolderDataset,
                 ood: Sequence[ImageFolderDataset], detectors: Sequence, *, step: str, method: str = "zero-shot",
-                results_dir=None, n_boot: int = 0, fpr_method: str = "nearest", device: str = "cpu", **extract
-                ) -> Evaluation:
+                results_dir=None, n_boot: int = 0, fpr_method: str = "nearest", device: str = "cpu",
+                factors: dict[str, dict] | None = None, **extract) -> Evaluation:
     """Notebook 03's pipeline for one model: cached features of the ID training split ``train``, the ID test set
-    and the ``ood`` sets (``extract``: ``amp``, ``batch_size``, ``workers``), then :func:`evaluate`."""
+    and the ``ood`` sets (``extract``: ``amp``, ``batch_size``, ``workers``), then :func:`evaluate` (``factors``:
+    its factor columns per OOD set)."""
     bench = load_benchmark(loaded, id_test, list(ood), train_dataset=train, kinds=("image", "preproj"),
                            device=device, progress=False, **extract)
     return evaluate(detectors, bench, results_dir=results_dir, step=step, method=method, n_boot=n_boot,
-                    fpr_method=fpr_method, device=device)
+                    fpr_method=fpr_method, device=device, factors=factors)
 
 
 def evaluate_family(members: list[FamilyMember], detectors: Sequence, *, id_dataset: str, ood_datasets: list[str],
@@ -227,11 +228,14 @@ def familiar_experiment(base: str | PocketConfig, split: FamiliarSplit, detector
     Returns the long-table rows and the two models."""
     train = get_dataset(probe_dataset, max_per_class=probe_max_per_class)
     id_test = get_dataset(id_dataset, max_per_class=id_max_per_class)
-    tests = list(split.test_sets(test_max_per_class).values())
+    parts = split.test_sets(test_max_per_class)
+    tests = list(parts.values())
+    factors = {d.name: {"ood_set": split.dataset, "variant": part} for part, d in parts.items()}
     tables, models = [], []
     for label, cfg in (("control", get_config(base)), ("familiar", familiar_config(base, split))):
         loaded = FamilyMember(f"pocket:{cfg.name}", pocket=cfg).load(device)
         tables.append(score_model(loaded, train, id_test, tests, detectors, step=f"familiar: {split.dataset}",
+                                  factors=factors,
                                   method=label, device=device, **kwargs).table)
         models.append(loaded)
     return pd.concat(tables, ignore_index=True), models

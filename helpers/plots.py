@@ -270,7 +270,7 @@ def familiar_bars(table: pd.DataFrame, labels: Sequence[str]):
             ax = axes[r, c]
             d = table[(table.step == step) & (table.method == method)]
             for j, part in enumerate(["seen", "unseen"]):
-                e = d[d.ood_set.str.endswith(f"-{part}")].set_index("detector_label").loc[list(labels)]
+                e = d[d.variant == part].set_index("detector_label").loc[list(labels)]
                 ax.bar(x + (j - 0.5) * 0.38, e.auroc, 0.38, label=f"{part} classes",
                        yerr=[e.auroc - e.auroc_lo, e.auroc_hi - e.auroc], capsize=2)
             ax.axhline(50, color="k", lw=0.8, ls=":")

@@ -133,17 +133,13 @@ def family_summary(table: pd.DataFrame, accuracy_of: Sequence[str]) -> pd.DataFr
 
 def familiar_gaps(table: pd.DataFrame) -> pd.DataFrame:
     """Per experiment (``step``) and detector, from :func:`helpers.families.familiar_experiment` rows (methods
-    ``control`` / ``familiar``, OOD sets ``<dataset>-seen`` / ``<dataset>-unseen``): AUROC gaps *unseen − seen*
-    of each model, familiar − control on each test set, and the change of the gap (familiar − control; > 0:
-    familiarity hurts the seen classes more than the unseen ones)."""
-    part = table["ood_set"].str.extract(r"-(seen|unseen)$")[0]
-    if part.isna().any():
-        raise SelectionError(f"familiar_gaps: OOD sets not named <dataset>-seen / -unseen: "
-                             f"{sorted(set(table['ood_set'][part.isna()]))}")
-    t = table.assign(part=part)
-    if t.duplicated(["step", "detector_label", "method", "part"]).any():
+    ``control`` / ``familiar``, ``variant`` ``seen`` / ``unseen``): AUROC gaps *unseen − seen* of each model,
+    familiar − control on each test set, and the change of the gap (familiar − control; > 0: familiarity hurts
+    the seen classes more than the unseen ones)."""
+    t = select(table, variant=["seen", "unseen"], method=["control", "familiar"])
+    if t.duplicated(["step", "detector_label", "method", "variant"]).any():
         raise SelectionError("familiar_gaps: more than one row per experiment, detector, model and test set")
-    a = t.pivot_table(index=["step", "detector_label"], columns=["method", "part"], values="auroc", sort=False)
+    a = t.pivot_table(index=["step", "detector_label"], columns=["method", "variant"], values="auroc", sort=False)
     gaps = pd.DataFrame({
         "control: unseen − seen": a[("control", "unseen")] - a[("control", "seen")],
         "familiar: unseen − seen": a[("familiar", "unseen")] - a[("familiar", "seen")],

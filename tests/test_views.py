@@ -219,3 +219,13 @@ def test_id_accuracy_and_family_fits():
     s = pd.DataFrame({"acc: a": [1.0, 2.0, 3.0, 4.0], "AUROC: b": [3.0, 5.0, 7.0, 9.0]})
     fit = views.family_fits(s, {"a acc vs b": ("acc: a", "AUROC: b")}).iloc[0]
     assert fit["pairing"] == "a acc vs b" and fit["slope"] == pytest.approx(2.0) and fit["r2"] == pytest.approx(1.0)
+
+
+def test_familiar_gaps_select_by_variant_not_by_set_name():
+    rows = [_row("mcm", MCM, "MCM (T=1)", "x", a, method=m, step="familiar: x", variant=v)
+            for m, v, a in (("control", "seen", 80.0), ("control", "unseen", 78.0), ("familiar", "seen", 70.0),
+                            ("familiar", "unseen", 77.0))]
+    g = views.familiar_gaps(pd.DataFrame(rows).reindex(columns=COLUMNS)).iloc[0]
+    assert g["familiar − control on seen"] == -10.0 and g["gap change"] == 9.0
+    with pytest.raises(SelectionError, match="variant="):
+        views.familiar_gaps(pd.DataFrame(rows).reindex(columns=COLUMNS).assign(variant=np.nan))
