@@ -8,7 +8,10 @@ selection matches nothing or more than it should; ``detector_label`` and set nam
   :func:`row_label`, :func:`by_row` and :func:`comparison_wide` its readable forms;
 - :func:`method_table` AUROC and FPR95 ``value [lo, hi]`` per method and detector with the ID accuracy (05);
 - :func:`published_comparison` published per-OOD-set FPR95 / AUROC beside ours (02, 05);
-- :func:`family_summary` / :func:`familiar_gaps` notebook 03's model-family and familiar-OOD pivots;
+- :func:`detector_summary`, :func:`headline` notebook 02's summaries; :func:`rows_of` notebook 04's headline rows;
+- :func:`id_accuracy`, :func:`family_summary`, :func:`family_fits`, :func:`familiar_auroc`, :func:`familiar_gaps`
+  notebook 03's tables; :func:`auroc_gap_points` and :func:`gap_by_method` notebook 06's (and 08's);
+- :func:`setar_published_comparison` notebook 05's published table;
 - :func:`attack_auroc`, :func:`attack_drop`, :func:`attack_progress`, :func:`attack_eps` notebook 07's views.
 """
 
@@ -152,9 +155,18 @@ def familiar_gaps(table: pd.DataFrame) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------- notebook 07
 def set_name(table: pd.DataFrame) -> pd.Series:
-    """The display name of each row's OOD set: the dataset, with the attack (``"none"``: ``real``) in brackets."""
+    """The display name of each row's OOD set: the dataset, with its attack (``"none"``: ``real``) or its
+    variant in brackets."""
     attack = table["attack"].where(table["attack"] != "none", "real")
-    return table["ood_set"].where(table["attack"].isna(), table["ood_set"] + " (" + attack.astype(str) + ")")
+    tag = attack.where(attack.notna(), table["variant"])
+    return table["ood_set"].where(tag.isna(), table["ood_set"] + " (" + tag.astype(str) + ")")
+
+
+def familiar_auroc(table: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
+    """Notebook 03's familiar-OOD rows: ``metric`` per experiment, model and detector, one column per test set
+    named by :func:`set_name` (``tiny-imagenet-near (seen)``); no average (the sets are of different kinds)."""
+    return wide(table.assign(ood_set=set_name(table)), metric, index=["step", "method", "detector_label"],
+                average=False)
 
 
 def attack_auroc(table: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:

@@ -229,3 +229,12 @@ def test_familiar_gaps_select_by_variant_not_by_set_name():
     assert g["familiar − control on seen"] == -10.0 and g["gap change"] == 9.0
     with pytest.raises(SelectionError, match="variant="):
         views.familiar_gaps(pd.DataFrame(rows).reindex(columns=COLUMNS).assign(variant=np.nan))
+
+
+def test_familiar_auroc_names_the_variant_in_its_columns():
+    rows = [_row("mcm", MCM, "MCM (T=1)", "x", a, method=m, step="familiar: x", variant=v)
+            for m, v, a in (("control", "seen", 80.0), ("control", "unseen", 78.0), ("familiar", "seen", 70.0))]
+    t = views.familiar_auroc(pd.DataFrame(rows).reindex(columns=COLUMNS))
+    assert list(t.columns) == ["x (seen)", "x (unseen)"]
+    assert t.loc[("familiar: x", "familiar", "MCM (T=1)"), "x (seen)"] == 70.0
+    assert np.isnan(t.loc[("familiar: x", "familiar", "MCM (T=1)"), "x (unseen)"])
