@@ -218,8 +218,8 @@ def claims_table(evaluations: Sequence[Evaluation], claims: Sequence[tuple[str, 
 
 def find_label(table: pd.DataFrame, detector: str, **params) -> str | None:
     """The label of the first detector named ``detector`` in ``table`` whose parameters include ``params``
-    (e.g. ``find_label(t, "gl_mcm", lam=1.0)``); None when the table has none. Labels show non-default
-    parameters, so look them up rather than spelling them out."""
+    (e.g. ``find_label(t, "gl_mcm", lam=1.0)``); None when the table has none. For display: to find rows, use
+    :func:`select` (``select(t, detector="gl_mcm", params={"lam": 1.0})``), which refuses an ambiguous match."""
     rows = table[table["detector"] == detector]
     for label, p in zip(rows["detector_label"], rows["params"].map(json.loads)):
         if all(p.get(k) == v for k, v in params.items()):

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from .evaluation import FACTORS
 from .tables import SelectionError, average_ood, select, wide
 
 SUMMARY_METRICS = ["auroc", "auroc_lo", "auroc_hi", "fpr95", "fpr95_lo", "fpr95_hi", "id_acc"]
@@ -31,26 +32,28 @@ MOS = ("inaturalist", "sun", "places", "textures")
 # ------------------------------------------------------------------------------------ notebook 08
 def main_comparison(scores: pd.DataFrame, models: Sequence[str] | None = None) -> pd.DataFrame:
     """Every ``step == "main"`` row (of ``models`` only, when given), one row per notebook, model, method, shots,
-    detector and OOD set: the mean over seeds of AUROC, FPR95 and ID accuracy, the mean of the per-seed bootstrap
+    detector, OOD set and factor values (:data:`~helpers.evaluation.FACTORS`, those that any row sets): the mean over seeds of AUROC, FPR95 and ID accuracy, the mean of the per-seed bootstrap
     CI bounds, the seed std of AUROC and the number of seeds; then one ``average`` row per group (no CI).
     ``params`` is the first seed's (a trained detector's parameters name its seed)."""
     t = scores[scores["step"] == "main"]
     if models is not None:
         t = t[t["model"].isin(models) | t["model"].str.split("+").str[0].isin(models)]
     t = t.astype({"shots": str})
-    g = t.groupby(KEYS, sort=False, dropna=False)
+    used = [f for f in FACTORS if f in t.columns and t[f].notna().any()]
+    keys = [*KEYS[:-1], *used, KEYS[-1]]  # a row with a factor is its own group
+    g = t.groupby(keys, sort=False, dropna=False)
     out = g[SUMMARY_METRICS].mean()
     out["auroc_seed_std"] = g["auroc"].std(ddof=1).fillna(0.0)
     out["seeds"] = g["seed"].nunique()
     out["n_id"] = g["n_id"].first()
     out["params"] = g["params"].first()
     out = out.reset_index()
-    avg = out.groupby(KEYS[:-1], sort=False, dropna=False).agg(
+    avg = out.groupby(keys[:-1], sort=False, dropna=False).agg(
         auroc=("auroc", "mean"), fpr95=("fpr95", "mean"), id_acc=("id_acc", "first"), seeds=("seeds", "first"),
         n_id=("n_id", "first"), params=("params", "first")).reset_index().assign(ood_set="average")
     both = pd.concat([out, avg], ignore_index=True)
-    order = {k: i for i, k in enumerate(dict.fromkeys(map(tuple, out[KEYS[:-1]].astype(str).to_numpy())))}
-    both["_g"] = [order[tuple(r)] for r in both[KEYS[:-1]].astype(str).to_numpy()]
+    order = {k: i for i, k in enumerate(dict.fromkeys(map(tuple, out[keys[:-1]].astype(str).to_numpy())))}
+    both["_g"] = [order[tuple(r)] for r in both[keys[:-1]].astype(str).to_numpy()]
     return both.sort_values(["_g"], kind="stable").drop(columns="_g").reset_index(drop=True)
 
 

@@ -238,3 +238,16 @@ def test_familiar_auroc_names_the_variant_in_its_columns():
     assert list(t.columns) == ["x (seen)", "x (unseen)"]
     assert t.loc[("familiar: x", "familiar", "MCM (T=1)"), "x (seen)"] == 70.0
     assert np.isnan(t.loc[("familiar: x", "familiar", "MCM (T=1)"), "x (unseen)"])
+
+
+def test_main_comparison_keeps_factor_rows_apart_and_matches_a_groupby(long):
+    t = pd.concat([long.assign(seed=1), long.assign(seed=2, auroc=long["auroc"] + 2)], ignore_index=True)
+    t["attack"] = t["attack"].astype(object).where(t.ood_set != "near", "smooth")  # a factor: its rows are their own group, not averaged in
+    out = views.main_comparison(t)
+    ind = t.groupby(["method", "detector", "ood_set"], sort=False)["auroc"].mean()
+    got = out[out.ood_set != "average"].set_index(["method", "detector", "ood_set"])["auroc"]
+    assert got.sort_index().equals(ind.sort_index())
+    assert list(out[out.method == "SeTAR"].query("detector == 'mcm'")["ood_set"]) == ["far", "average", "near",
+                                                                                       "average"]
+    no_factors = views.main_comparison(long.drop(columns=["attack", "attack_steps", "eps_255", "variant"]))
+    assert no_factors.query("ood_set == 'average' and method == 'SeTAR' and detector == 'mcm'")["auroc"].item() == 75.5
