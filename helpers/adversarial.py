@@ -226,6 +226,29 @@ def with_ood_images(bench, images: dict, kinds=None, keep: bool = False):
     return dataclasses.replace(bench, ood=ood, datasets={bench.id_name: bench.datasets[bench.id_name]})
 
 
+def attack_sets(source: str, real: torch.Tensor | None, attacks: list[Attack], by_step: bool = False
+                ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """The OOD image sets of an attack experiment on images of the dataset ``source``, and their factor columns
+    for :func:`helpers.evaluation.evaluate` (``factors=``): the ``real`` images (``attack="none"``, 0 steps; None
+    leaves them out) and each attack's final images (``attack``: ``"smooth"`` when its λ > 0, else ``"patchy"``;
+    ``eps_255`` its L∞ bound, when it had one); ``by_step``: also its images after every kept step. The set
+    names are for display only."""
+    images, factors = {}, {}
+    if real is not None:
+        images[f"{source} (real)"] = real
+        factors[f"{source} (real)"] = {"ood_set": source, "attack": "none", "attack_steps": 0}
+    for a in attacks:
+        s = a.settings
+        name = "smooth" if s["lam"] > 0 else "patchy"
+        eps = {} if s.get("eps") is None else {"eps_255": round(s["eps"] * 255, 6)}
+        bound = f", ε={eps['eps_255']:g}/255" if eps else ""
+        for step, x in [*(a.snapshots.items() if by_step else []), (s["steps"], a.images)]:
+            label = f"{source} ({name}{bound} @ {step})"
+            images[label] = x
+            factors[label] = {"ood_set": source, "attack": name, "attack_steps": int(step), **eps}
+    return images, factors
+
+
 def pairs(sources, bank, n: int, seed: int = 0):
     """``n`` (source, target) pairs drawn with ``seed``: a subset of the source OOD dataset, a subset of the
     memory-bank dataset (the targets) and the targets' row indices in the bank."""

@@ -4,7 +4,7 @@ Every notebook scores through :func:`evaluate`. Each call returns an :class:`Eva
 per-image scores) and upserts its rows into ``<results_dir>/scores.csv``, the notebook's canonical *long* table:
 one row per (step, model, method, shots, seed, detector, parameters, ID set, OOD set), with the columns of
 :data:`COLUMNS`. Rows with the same key are replaced, so re-running a cell does not duplicate them. Wide tables
-and figures are views of this table (:mod:`helpers.tables`); notebook 08 reads only these tables.
+and figures are views of this table (:mod:`helpers.tables`, :mod:`helpers.views`); notebook 08 reads only these tables.
 
 Conventions are columns, not footnotes: ``fpr_positive`` (``"id"``: the fraction of OOD accepted when 95% of ID
 is accepted, as MCM, GL-MCM, SeTAR, NegLabel, PLP and CMA; ``"ood"``: OpenOOD's) and ``fpr_method``
@@ -31,11 +31,16 @@ from .io import atomic_path
 from .metrics import accuracy, ood_report
 from .paths import cache_dir
 
+# experimental factors of an OOD set beyond its dataset, empty where they do not apply: notebook 07's attack
+# ("none" for the real source images), its number of steps and its L∞ bound in units of 1/255; ``variant`` the
+# part of the dataset (notebook 03's familiar OOD: the classes "seen" / "unseen" in pretraining). Select rows by
+# them, never by a printed set name.
+FACTORS = ["attack", "attack_steps", "eps_255", "variant"]
 COLUMNS = ["notebook", "step", "model", "model_id", "method", "shots", "seed", "detector", "detector_label", "params",
-           "id_set", "ood_set", "n_id", "n_ood", "auroc", "auroc_lo", "auroc_hi", "fpr95", "fpr95_lo", "fpr95_hi",
-           "fpr_positive", "fpr_method", "aupr_in", "aupr_out", "id_acc", "n_boot"]
-KEY = ["step", "model_id", "method", "shots", "seed", "detector", "params", "id_set", "ood_set", "fpr_positive",
-       "fpr_method"]
+           "id_set", "ood_set", *FACTORS, "n_id", "n_ood", "auroc", "auroc_lo", "auroc_hi", "fpr95", "fpr95_lo",
+           "fpr95_hi", "fpr_positive", "fpr_method", "aupr_in", "aupr_out", "id_acc", "n_boot"]
+KEY = ["step", "model_id", "method", "shots", "seed", "detector", "params", "id_set", "ood_set", *FACTORS,
+       "fpr_positive", "fpr_method"]
 TABLE = "scores.csv"
 
 
@@ -64,14 +69,17 @@ def notebook_of(results_dir: str | Path | None) -> str:
 def evaluate(detectors: Iterable, bench: Benchmark, *, results_dir: str | Path | None = None, step: str = "main",
              method: str = "zero-shot", shots: int | str = 0, seed: int = 0, train=None, n_boot: int = 200,
              fpr_positive: str = "id", fpr_method: str = "nearest", device: str = "cpu",
-             notebook: str | None = None) -> Evaluation:
+             notebook: str | None = None, factors: dict[str, dict] | None = None) -> Evaluation:
     """Fit every detector on ``bench`` (its model, class names and ID training split ``train``, default
     ``bench.train``), score the ID set and every OOD set, and measure AUROC / FPR95 / AUPR with bootstrap CIs.
 
     ``detectors``: names, ``{"name": ..., **params}`` dicts or :class:`helpers.detectors.Detector` instances.
     ``step`` names the experiment inside the notebook, ``method`` / ``shots`` / ``seed`` the adaptation that made
-    the model (they are key columns). With ``results_dir`` the rows are upserted into ``<results_dir>/scores.csv``.
+    the model (they are key columns). ``factors`` gives, per OOD set of ``bench``, its :data:`FACTORS` columns
+    and, when the set's images come from a named dataset, ``ood_set`` (the set's name in ``bench`` is then only
+    its display name). With ``results_dir`` the rows are upserted into ``<results_dir>/scores.csv``.
     """
+    factors = _checked_factors(factors or {}, bench.ood)
     train = bench.train if train is None else train
     fitted = {}
     for spec in detectors:
@@ -93,12 +101,27 @@ def evaluate(detectors: Iterable, bench: Benchmark, *, results_dir: str | Path |
                          "model": bench.model.name, "model_id": bench.model.model_id, "method": method,
                          "shots": str(shots), "seed": int(seed), "detector": d.name, "detector_label": label,
                          "params": d.params_json(), "id_set": bench.id_name, "ood_set": ood_name,
+                         **dict.fromkeys(FACTORS), **factors.get(ood_name, {}),
                          "n_id": len(bench.id), "n_ood": len(f), "fpr_positive": fpr_positive,
                          "fpr_method": fpr_method, "id_acc": acc, "n_boot": n_boot, **m})
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    if table.duplicated(KEY).any():
+        same = table[table.duplicated(KEY, keep=False)][["ood_set", *FACTORS]].drop_duplicates()
+        raise ValueError(f"two OOD sets have the same key (ood_set and factors): {same.to_dict('records')}")
     if results_dir is not None:
         upsert(table, results_dir)
     return Evaluation(table, scores, fitted, bench.id_name, method, str(shots), int(seed))
+
+
+def _checked_factors(factors: dict[str, dict], ood: dict) -> dict[str, dict]:
+    """``factors`` of :func:`evaluate`, checked: every set it names is an OOD set, every key a factor column."""
+    for name, f in factors.items():
+        if name not in ood:
+            raise KeyError(f"factors for {name!r}, which is not an OOD set of the benchmark ({list(ood)})")
+        bad = set(f) - {"ood_set", *FACTORS}
+        if bad:
+            raise KeyError(f"factors of {name!r} name {sorted(bad)}; allowed: ['ood_set', *{FACTORS}]")
+    return factors
 
 
 def metrics_of(s_id: np.ndarray, s_ood: np.ndarray, **conventions) -> dict:

@@ -40,7 +40,7 @@ from .data import ImageFolderDataset, as_dataset_list, get_dataset, per_class_ch
 from .evaluation import Evaluation, evaluate
 from .models import LoadedModel, load_model
 from .models.pocket import CONFIGS, PocketConfig, PretrainSource, get_config, pocket_checkpoint
-from .tables import average_ood
+from .views import familiar_gaps, family_summary  # noqa: F401  (their home: helpers.views)
 
 # PLP's CLIP models (openai and LAION-2B weights, B/32 to bigG/14), as open_clip "ARCH/TAG" specs
 OPEN_CLIP_FAMILY: tuple[str, ...] = (
@@ -106,14 +106,15 @@ def get_family(family: str | list[str]) -> list[FamilyMember]:
 
 def score_model(loaded: LoadedModel, train: ImageFolderDataset, id_test: ImageFolderDataset,
                 ood: Sequence[ImageFolderDataset], detectors: Sequence, *, step: str, method: str = "zero-shot",
-                results_dir=None, n_boot: int = 0, fpr_method: str = "nearest", device: str = "cpu", **extract
-                ) -> Evaluation:
+                results_dir=None, n_boot: int = 0, fpr_method: str = "nearest", device: str = "cpu",
+                factors: dict[str, dict] | None = None, **extract) -> Evaluation:
     """Notebook 03's pipeline for one model: cached features of the ID training split ``train``, the ID test set
-    and the ``ood`` sets (``extract``: ``amp``, ``batch_size``, ``workers``), then :func:`evaluate`."""
+    and the ``ood`` sets (``extract``: ``amp``, ``batch_size``, ``workers``), then :func:`evaluate` (``factors``:
+    its factor columns per OOD set)."""
     bench = load_benchmark(loaded, id_test, list(ood), train_dataset=train, kinds=("image", "preproj"),
                            device=device, progress=False, **extract)
     return evaluate(detectors, bench, results_dir=results_dir, step=step, method=method, n_boot=n_boot,
-                    fpr_method=fpr_method, device=device)
+                    fpr_method=fpr_method, device=device, factors=factors)
 
 
 def evaluate_family(members: list[FamilyMember], detectors: Sequence, *, id_dataset: str, ood_datasets: list[str],
@@ -137,19 +138,6 @@ def evaluate_family(members: list[FamilyMember], detectors: Sequence, *, id_data
         loaded.model.to("cpu")  # keep for provenance, release accelerator memory
         models.append(loaded)
     return pd.concat(tables, ignore_index=True), models
-
-
-def family_summary(table: pd.DataFrame, accuracy_of: Sequence[str]) -> pd.DataFrame:
-    """One row per family member: the ID accuracy of the detectors ``accuracy_of`` (labels; their classifiers)
-    and the AUROC of every detector averaged over the OOD sets. The image-tower size is not in the long table;
-    the members' order is kept."""
-    avg = average_ood(table)
-    avg = avg[avg["ood_set"] == "average"]
-    acc = avg[avg["detector_label"].isin(accuracy_of)].pivot_table(
-        index="model", columns="detector_label", values="id_acc", sort=False)
-    auroc = avg.pivot_table(index="model", columns="detector_label", values="auroc", sort=False)
-    out = pd.concat([acc.add_prefix("acc: "), auroc.add_prefix("AUROC: ")], axis=1)
-    return out.loc[list(dict.fromkeys(table["model"]))].reset_index()
 
 
 def fit_line(x, y) -> dict[str, float]:
@@ -240,30 +228,17 @@ def familiar_experiment(base: str | PocketConfig, split: FamiliarSplit, detector
     Returns the long-table rows and the two models."""
     train = get_dataset(probe_dataset, max_per_class=probe_max_per_class)
     id_test = get_dataset(id_dataset, max_per_class=id_max_per_class)
-    tests = list(split.test_sets(test_max_per_class).values())
+    parts = split.test_sets(test_max_per_class)
+    tests = list(parts.values())
+    factors = {d.name: {"ood_set": split.dataset, "variant": part} for part, d in parts.items()}
     tables, models = [], []
     for label, cfg in (("control", get_config(base)), ("familiar", familiar_config(base, split))):
         loaded = FamilyMember(f"pocket:{cfg.name}", pocket=cfg).load(device)
         tables.append(score_model(loaded, train, id_test, tests, detectors, step=f"familiar: {split.dataset}",
+                                  factors=factors,
                                   method=label, device=device, **kwargs).table)
         models.append(loaded)
     return pd.concat(tables, ignore_index=True), models
-
-
-def familiar_gaps(table: pd.DataFrame) -> pd.DataFrame:
-    """Per experiment (``step``) and detector, from :func:`familiar_experiment` rows: AUROC gaps *unseen − seen* of
-    each model, familiar − control on each test set, and the change of the gap (familiar − control; > 0:
-    familiarity hurts the seen classes more than the unseen ones)."""
-    t = table.assign(part=table["ood_set"].str.rsplit("-", n=1).str[-1])
-    a = t.pivot_table(index=["step", "detector_label"], columns=["method", "part"], values="auroc", sort=False)
-    gaps = pd.DataFrame({
-        "control: unseen − seen": a[("control", "unseen")] - a[("control", "seen")],
-        "familiar: unseen − seen": a[("familiar", "unseen")] - a[("familiar", "seen")],
-        "familiar − control on seen": a[("familiar", "seen")] - a[("control", "seen")],
-        "familiar − control on unseen": a[("familiar", "unseen")] - a[("control", "unseen")],
-    })
-    gaps["gap change"] = gaps["familiar: unseen − seen"] - gaps["control: unseen − seen"]
-    return gaps.reset_index()
 
 
 def familiar_verdict(gaps: pd.DataFrame, boundary: Sequence[str], feature: Sequence[str],

@@ -270,7 +270,7 @@ def familiar_bars(table: pd.DataFrame, labels: Sequence[str]):
             ax = axes[r, c]
             d = table[(table.step == step) & (table.method == method)]
             for j, part in enumerate(["seen", "unseen"]):
-                e = d[d.ood_set.str.endswith(f"-{part}")].set_index("detector_label").loc[list(labels)]
+                e = d[d.variant == part].set_index("detector_label").loc[list(labels)]
                 ax.bar(x + (j - 0.5) * 0.38, e.auroc, 0.38, label=f"{part} classes",
                        yerr=[e.auroc - e.auroc_lo, e.auroc_hi - e.auroc], capsize=2)
             ax.axhline(50, color="k", lw=0.8, ls=":")
@@ -500,8 +500,8 @@ def attack_grid(rows: Mapping[str, Sequence[np.ndarray]], n: int = 6, magnify: f
 
 
 def attack_curves(histories: Mapping[str, pd.DataFrame], aurocs: pd.DataFrame | None = None):
-    """Left: mean cosine to the target feature after each step, per attack; right (``aurocs``: attack, step,
-    detector_label, auroc): AUROC of each detector against the number of steps."""
+    """Left: mean cosine to the target feature after each step, per attack; right (``aurocs``: attack,
+    attack_steps, detector_label, auroc; :func:`helpers.views.attack_progress`): AUROC of each detector against the number of steps."""
     fig, axes = plt.subplots(1, 2 if aurocs is not None else 1, figsize=(12 if aurocs is not None else 6, 4),
                              squeeze=False)
     for name, h in histories.items():
@@ -510,7 +510,7 @@ def attack_curves(histories: Mapping[str, pd.DataFrame], aurocs: pd.DataFrame | 
     axes[0][0].set_title("The attack pulls the OOD image's feature to its ID target")
     if aurocs is not None:
         for (attack, label), g in aurocs.groupby(["attack", "detector_label"], sort=False):
-            axes[0][1].plot(g["step"], g["auroc"], marker="o", ls="-" if attack.startswith("smooth") else "--",
+            axes[0][1].plot(g["attack_steps"], g["auroc"], marker="o", ls="-" if attack == "smooth" else "--",
                             label=f"{label}, {attack}")
         axes[0][1].axhline(50, color="k", lw=0.8, ls=":")
         axes[0][1].set_xlabel("attack steps"), axes[0][1].set_ylabel("AUROC (ID vs manipulated OOD)")
@@ -519,10 +519,11 @@ def attack_curves(histories: Mapping[str, pd.DataFrame], aurocs: pd.DataFrame | 
 
 
 def auroc_vs_eps(table: pd.DataFrame):
-    """AUROC (``table``: eps, detector_label, auroc) against the L∞ bound of the perturbation."""
+    """AUROC (``table``: ``ε (/255)``, detector_label, auroc; :func:`helpers.views.attack_eps`) against the L∞
+    bound of the perturbation."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, g in table.groupby("detector_label", sort=False):
-        ax.plot(g["eps"] * 255, g["auroc"], marker="o", label=label)
+        ax.plot(g["ε (/255)"], g["auroc"], marker="o", label=label)
     ax.axhline(50, color="k", lw=0.8, ls=":")
     ax.set_xlabel("ε (L∞ bound, in 1/255 steps)"), ax.set_ylabel("AUROC (ID vs manipulated OOD)")
     ax.set_title("A bounded attack (extension)"), ax.legend(fontsize=8)

@@ -8,9 +8,9 @@ and a few of its views, and refuses to go on when one is missing or was produced
   commit and ``HEAD`` (``git diff``). Without git, or for an entry that names no commit, nothing can be compared;
   a note says so.
 
-Either error names the notebook and the command that regenerates it. :func:`main_comparison` is the one
-aggregation: every ``step == "main"`` row of every notebook, mean over seeds (with the per-seed bootstrap CI
-bounds averaged and the seed std beside them), plus the average over OOD sets.
+Either error names the notebook and the command that regenerates it. The one aggregation,
+:func:`helpers.views.main_comparison` (every ``step == "main"`` row of every notebook, mean over seeds, plus the
+average over OOD sets), and its readable forms live in :mod:`helpers.views`; they are importable from here too.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import ClipOODError
+from .views import by_row, comparison_wide, main_comparison, row_label  # noqa: F401  (their home: helpers.views)
 
 # notebook -> the tables notebook 08 reads from its results folder
 NEEDS: dict[str, list[str]] = {
@@ -32,8 +33,6 @@ NEEDS: dict[str, list[str]] = {
     "06_cma": ["scores.csv", "gap.csv"],
     "07_adversarial": ["auroc_drop.csv", "auroc.csv"],
 }
-METRICS = ["auroc", "auroc_lo", "auroc_hi", "fpr95", "fpr95_lo", "fpr95_hi", "id_acc"]
-KEYS = ["notebook", "model", "method", "shots", "detector_label", "id_set", "ood_set"]
 
 
 class MissingResultsError(ClipOODError, FileNotFoundError):
@@ -106,52 +105,6 @@ def read(results_root: str | Path, notebook: str, name: str) -> pd.DataFrame:
 def read_scores(results_root: str | Path, notebooks: Sequence[str]) -> pd.DataFrame:
     """The canonical long tables of ``notebooks`` stacked (they share one schema)."""
     return pd.concat([read(results_root, nb, "scores.csv") for nb in notebooks], ignore_index=True)
-
-
-def main_comparison(scores: pd.DataFrame, models: Sequence[str] | None = None) -> pd.DataFrame:
-    """Every ``step == "main"`` row (of ``models`` only, when given), one row per notebook, model, method, shots,
-    detector and OOD set: the mean over seeds of AUROC, FPR95 and ID accuracy, the mean of the per-seed bootstrap
-    CI bounds, the seed std of AUROC and the number of seeds; then one ``average`` row per group (no CI)."""
-    t = scores[scores["step"] == "main"]
-    if models is not None:
-        t = t[t["model"].isin(models) | t["model"].str.split("+").str[0].isin(models)]
-    t = t.astype({"shots": str})
-    g = t.groupby(KEYS, sort=False)
-    out = g[METRICS].mean()
-    out["auroc_seed_std"] = g["auroc"].std(ddof=1).fillna(0.0)
-    out["seeds"] = g["seed"].nunique()
-    out["n_id"] = g["n_id"].first()
-    out = out.reset_index()
-    avg = out.groupby(KEYS[:-1], sort=False).agg(
-        auroc=("auroc", "mean"), fpr95=("fpr95", "mean"), id_acc=("id_acc", "first"),
-        seeds=("seeds", "first"), n_id=("n_id", "first")).reset_index().assign(ood_set="average")
-    both = pd.concat([out, avg], ignore_index=True)
-    order = {k: i for i, k in enumerate(dict.fromkeys(map(tuple, out[KEYS[:-1]].to_numpy())))}
-    both["_g"] = [order[tuple(r)] for r in both[KEYS[:-1]].to_numpy()]
-    return both.sort_values(["_g"], kind="stable").drop(columns="_g").reset_index(drop=True)
-
-
-def row_label(table: pd.DataFrame) -> pd.Series:
-    """``"NN · method (k-shot) · detector"`` per row, the readable key of the comparison (``zero-shot``, the
-    method of every row without training, is left out: ``"02 · MCM (T=1)"``)."""
-    shots = table["shots"].astype(str).map(lambda s: "" if s in ("0", "nan") else f" ({s}-shot)" if s.isdigit()
-                                           else f" ({s})")
-    method = (table["method"] + shots + " · ").where(table["method"] != "zero-shot", "")
-    return table["notebook"].str[:2] + " · " + method + table["detector_label"]
-
-
-def by_row(summary: pd.DataFrame, metric: str = "auroc", ci: bool = False, decimals: int = 1) -> pd.DataFrame:
-    """:func:`helpers.tables.wide` of ``summary`` with one row per :func:`row_label` and the average last."""
-    from .tables import wide
-
-    out = wide(summary.assign(row=row_label(summary)), metric, index="row", ci=ci, decimals=decimals)
-    return out[[c for c in out.columns if c != "average"] + ["average"]]
-
-
-def comparison_wide(summary: pd.DataFrame, metric: str = "auroc", decimals: int = 1) -> pd.DataFrame:
-    """``value [lo, hi]`` per OOD set and the average (no CI), one row per :func:`row_label`, and the ID accuracy."""
-    acc = summary.assign(row=row_label(summary)).groupby("row", sort=False)["id_acc"].first().round(decimals)
-    return by_row(summary, metric, ci=True, decimals=decimals).assign(**{"ID acc": acc}).reset_index()
 
 
 def family_pairings(fits: pd.DataFrame) -> dict[str, tuple[str, str]]:

@@ -1,5 +1,9 @@
-"""Views of the canonical long table (:mod:`helpers.evaluation`) and the statistics that compare methods.
+"""Views of the canonical long table (:mod:`helpers.evaluation`) and the statistics that compare methods; the
+named per-notebook views built on these live in :mod:`helpers.views`.
 
+- :func:`select` the rows with given key values (``detector``, ``params``, ``method``, factor columns ...), raising
+  :class:`SelectionError` that names the criteria when none, or more than ``expect``, match: every join and
+  filter of the package goes through it, never through display labels;
 - :func:`average_ood` adds the mean over OOD sets (``ood_set = "average"``), the one place that averages;
 - :func:`wide` a detector x OOD-set table of one metric (optionally ``value [lo, hi]`` text);
 - :func:`seed_summary` mean and sample std over seeds, :func:`mean_std_table` its readable ``mean ± std`` form;
@@ -19,12 +23,54 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .evaluation import Evaluation
+from .errors import ClipOODError
+from .evaluation import FACTORS, Evaluation
 from .metrics import bootstrap_counts, weighted_auroc
 
 METRICS = ["auroc", "fpr95", "aupr_in", "aupr_out"]
 GROUP = ["notebook", "step", "model", "model_id", "method", "shots", "seed", "detector", "detector_label", "params",
-         "id_set", "fpr_positive", "fpr_method"]
+         "id_set", *FACTORS, "fpr_positive", "fpr_method"]
+
+
+class SelectionError(ClipOODError, LookupError):
+    """A selection of long-table rows matched none, or not the expected number, of the rows."""
+
+
+def _matches(column: pd.Series, value) -> pd.Series:
+    """Which entries of ``column`` equal ``value``: a list or tuple is any of its values, None / NaN an empty
+    entry, a dict (for ``params``) a JSON object that holds every given key with that value; numbers compare
+    as numbers, anything else as text (so ``shots=16`` finds ``"16"``)."""
+    if isinstance(value, dict):
+        parsed = column.map(lambda j: json.loads(j) if isinstance(j, str) else {})
+        return parsed.map(lambda d: all(k in d and d[k] == v for k, v in value.items())).astype(bool)
+    if isinstance(value, (list, tuple, set)):
+        return np.logical_or.reduce([_matches(column, v) for v in value]) if value else column.map(lambda _: False)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return column.isna()
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and \
+            pd.api.types.is_numeric_dtype(column):
+        return pd.Series(np.isclose(column.astype(float), float(value), rtol=1e-9, atol=0), index=column.index)
+    return column.notna() & (column.astype(str) == str(value))
+
+
+def select(table: pd.DataFrame, expect: int | None = None, **criteria) -> pd.DataFrame:
+    """The rows of ``table`` whose columns hold every ``criteria`` value (see :func:`_matches`: a dict for
+    ``params`` matches the detector parameters it names, a list any of its values). Raises
+    :class:`SelectionError` naming the criteria when no row matches, or when ``expect`` is given and another
+    number of rows does; an unknown column is a :class:`KeyError`. Order of the table kept."""
+    unknown = [c for c in criteria if c not in table.columns]
+    if unknown:
+        raise KeyError(f"select: the table has no column {unknown} (columns: {list(table.columns)})")
+    keep = pd.Series(True, index=table.index)
+    for column, value in criteria.items():
+        keep &= _matches(table[column], value)
+    out = table[keep]
+    if len(out) == 0 or (expect is not None and len(out) != expect):
+        wanted = "at least one row" if expect is None else f"{expect} row(s)"
+        present = {c: list(dict.fromkeys(table[c].astype(str)))[:8] for c in criteria}
+        raise SelectionError(f"select({', '.join(f'{k}={v!r}' for k, v in criteria.items())}) found {len(out)} "
+                             f"of {len(table)} rows, expected {wanted}. Values present: {present}")
+    return out
 
 
 def average_ood(table: pd.DataFrame, ood_sets: Sequence[str] | None = None) -> pd.DataFrame:
@@ -56,6 +102,11 @@ def wide(table: pd.DataFrame, metric: str = "auroc", index: str | list[str] = "d
         t = t.assign(value=[fmt(v) if np.isnan(lo) else f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
                             for v, lo, hi in zip(t[metric], t[f"{metric}_lo"], t[f"{metric}_hi"])])
         metric = "value"
+    dup = t.duplicated([*index, columns], keep=False)
+    if dup.any():
+        raise SelectionError(f"wide: {int(dup.sum())} rows share an {index} x {columns!r} cell, e.g. "
+                             f"{t.loc[dup, [*index, columns]].head(2).to_dict('records')}; select the rows first or "
+                             f"add the column that tells them apart to index")
     out = t.pivot_table(index=index, columns=columns, values=metric, aggfunc="first", sort=False)
     out.columns.name = None
     return out
@@ -167,8 +218,8 @@ def claims_table(evaluations: Sequence[Evaluation], claims: Sequence[tuple[str, 
 
 def find_label(table: pd.DataFrame, detector: str, **params) -> str | None:
     """The label of the first detector named ``detector`` in ``table`` whose parameters include ``params``
-    (e.g. ``find_label(t, "gl_mcm", lam=1.0)``); None when the table has none. Labels show non-default
-    parameters, so look them up rather than spelling them out."""
+    (e.g. ``find_label(t, "gl_mcm", lam=1.0)``); None when the table has none. For display: to find rows, use
+    :func:`select` (``select(t, detector="gl_mcm", params={"lam": 1.0})``), which refuses an ambiguous match."""
     rows = table[table["detector"] == detector]
     for label, p in zip(rows["detector_label"], rows["params"].map(json.loads)):
         if all(p.get(k) == v for k, v in params.items()):
@@ -176,20 +227,14 @@ def find_label(table: pd.DataFrame, detector: str, **params) -> str | None:
     return None
 
 
-def published_comparison(table: pd.DataFrame, published: pd.DataFrame, labels: dict[str, str],
+def published_comparison(table: pd.DataFrame, published: pd.DataFrame, labels: dict[str, str | None],
                          mos: Sequence[str] = ("inaturalist", "sun", "places", "textures")) -> pd.DataFrame:
-    """Published FPR95 / AUROC (``published``: method, source, ood, fpr95, auroc) beside ours: ``labels`` maps a
-    published method name to our detector label (see :func:`find_label`; None leaves the method out). Our
-    ``average`` is over the four MOS sets, as published, and only when all four were evaluated."""
-    ours = average_ood(table[table["detector_label"].isin(labels.values())], ood_sets=list(mos))
-    ours = ours[ours["ood_set"].isin([*mos, "average"])]
-    ours = ours.rename(columns={"ood_set": "ood", "detector_label": "label"})[["label", "ood", "fpr95", "auroc"]]
-    pub = published.assign(label=published["method"].map(labels)).dropna(subset=["label"])
-    out = pub.merge(ours.drop_duplicates(["label", "ood"]), on=["label", "ood"], how="left",
-                    suffixes=(" published", " ours"))
-    out["Δ AUROC"] = out["auroc ours"] - out["auroc published"]
-    return out[["method", "source", "ood", "fpr95 published", "fpr95 ours", "auroc published", "auroc ours",
-                "Δ AUROC"]]
+    """:func:`helpers.views.published_comparison` with our rows named by their labels (``labels``: published
+    method -> our ``detector_label``; kept for callers that have only labels). Prefer the criteria form."""
+    from .views import published_comparison as compare
+
+    return compare(table, published, {m: None if lab is None else {"detector_label": lab}
+                                      for m, lab in labels.items()}, mos)
 
 
 def with_params(table: pd.DataFrame, *names: str) -> pd.DataFrame:

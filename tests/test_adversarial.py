@@ -87,7 +87,10 @@ def test_notebook_07_runs_in_the_smoke_profile(smoke_series):
     scores = pd.read_csv(res / "scores.csv")
     assert set(scores.step) == {"memory bank with the targets", "memory bank without the targets", "steps", "eps"}
     main_rows = scores[scores.step == "memory bank with the targets"]
-    assert {"dtd10 (real)", "dtd10 (smooth)", "dtd10 (patchy)", "mnist"} <= set(main_rows.ood_set)
+    assert {"dtd10", "mnist"} <= set(main_rows.ood_set)  # the attacked sets are keyed by factor columns
+    assert {"none", "smooth", "patchy"} == set(main_rows[main_rows.ood_set == "dtd10"].attack.dropna())
+    assert set(scores[scores.step == "eps"].eps_255) == {8.0} and scores[scores.step == "steps"].attack.notna().all()
+    assert {"dtd10 (real)", "dtd10 (smooth)", "dtd10 (patchy)", "mnist"} <= set(pd.read_csv(res / "auroc.csv").columns)
     assert len(pd.read_csv(res / "auroc_drop.csv")) == 5
     assert {"examples.png", "attack_progress.png", "auroc_vs_eps.png"} <= {
         p.name for p in smoke_series.figures("07_adversarial").glob("*.png")}

@@ -309,3 +309,24 @@ def test_metrics_are_cached_by_the_scores(tmp_cache, monkeypatch):
         ev.metrics_of(s_id, s_ood + 1e-9, n_boot=30, fpr_positive="id", fpr_method="nearest")
     with pytest.raises(RuntimeError, match="recomputed"):
         ev.metrics_of(s_id, s_ood, n_boot=30, fpr_positive="ood", fpr_method="nearest")
+
+
+def test_evaluate_writes_factor_columns_and_refuses_clashing_keys(toy, tmp_path):
+    from helpers.evaluation import FACTORS
+
+    bench, _ = toy
+    factors = {"far": {"ood_set": "src", "attack": "none", "attack_steps": 0},
+               "near": {"ood_set": "src", "attack": "smooth", "attack_steps": 10, "eps_255": 2.0}}
+    t = evaluate(["mcm"], bench, n_boot=0, factors=factors, results_dir=tmp_path / "07_adversarial").table
+    assert list(t["ood_set"]) == ["src", "src"] and list(t["attack"]) == ["none", "smooth"]
+    assert t["eps_255"].isna().tolist() == [True, False] and set(FACTORS) <= set(t.columns)
+    again = read_table(tmp_path / "07_adversarial")  # both rows kept: the factors are key columns
+    assert len(again) == 2 and tables.select(again, attack="smooth", attack_steps=10, eps_255=2.0, expect=1) is not None
+    plain = evaluate(["mcm"], bench, n_boot=0).table
+    assert plain[FACTORS].isna().all().all() and list(plain["ood_set"]) == ["far", "near"]
+    with pytest.raises(ValueError, match="same key"):
+        evaluate(["mcm"], bench, n_boot=0, factors={"far": {"ood_set": "near"}})
+    with pytest.raises(KeyError, match="lam"):
+        evaluate(["mcm"], bench, n_boot=0, factors={"far": {"lam": 1.0}})
+    with pytest.raises(KeyError, match="not an OOD set"):
+        evaluate(["mcm"], bench, n_boot=0, factors={"sun": {"attack": "none"}})

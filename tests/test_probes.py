@@ -281,7 +281,7 @@ def test_familiar_split_keeps_pretraining_images_out_of_the_test_sets(require_da
 def _familiar_rows(aurocs: dict):
     import pandas as pd
 
-    rows = [{"step": "familiar: x", "method": m, "detector_label": d, "ood_set": f"x-{part}", "auroc": v}
+    rows = [{"step": "familiar: x", "method": m, "detector_label": d, "ood_set": "x", "variant": part, "auroc": v}
             for (m, d, part), v in aurocs.items()]
     return pd.DataFrame(rows)
 
@@ -323,6 +323,9 @@ def test_notebook_03_runs_in_the_smoke_profile(smoke_series):
     scores = pd.read_csv(results / "scores.csv")
     assert {"main", "family", "familiar: tiny-imagenet-near", "familiar: fashion-mnist"} == set(scores["step"])
     assert set(scores["fpr_method"]) == {"nearest"}
+    familiar = scores[scores["step"].str.startswith("familiar: ")]  # the test set's classes: a factor column
+    assert set(familiar["variant"]) == {"seen", "unseen"}
+    assert set(familiar["ood_set"]) == {"tiny-imagenet-near", "fashion-mnist"}
     fam = scores[scores["step"] == "family"]
     assert fam["model"].nunique() == 5  # pockets-100: tiny-100, and tiny-100-snapshots at 25/50/75/100%
     fits = pd.read_csv(results / "family_fit.csv")

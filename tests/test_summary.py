@@ -11,9 +11,10 @@ from helpers import published, summary
 from helpers.report import save_figure, save_table
 
 
-def _rows(notebook, method, shots, seed, label, sets_auroc, fpr=50.0, acc=60.0, model="m"):
+def _rows(notebook, method, shots, seed, label, sets_auroc, fpr=50.0, acc=60.0, model="m", detector="d",
+          params=None):
     return [{"notebook": notebook, "step": "main", "model": model, "method": method, "shots": shots, "seed": seed,
-             "detector_label": label, "id_set": "id", "ood_set": o, "n_id": 100, "auroc": a, "auroc_lo": a - 1,
+             "detector": detector, "params": json.dumps(params or {}), "detector_label": label, "id_set": "id", "ood_set": o, "n_id": 100, "auroc": a, "auroc_lo": a - 1,
              "auroc_hi": a + 1, "fpr95": fpr, "fpr95_lo": fpr - 2, "fpr95_hi": fpr + 2, "id_acc": acc}
             for o, a in sets_auroc.items()]
 
@@ -139,11 +140,21 @@ def test_pdf_and_png_figures_are_reproducible(tmp_path):
 
 
 def test_published_claims_measure_ours_on_the_summary():
-    rows = (_rows("03_probes", "zero-shot", 0, 0, "PLP · energy", {"a": 80.0, "b": 70.0})
-            + _rows("03_probes", "zero-shot", 0, 0, "MCM (T=1, prompts=plp5)", {"a": 70.0, "b": 70.0})
-            + _rows("04_finetune", "linear probe", "16", 1, "linear probe · energy", {"a": 90.0})
-            + _rows("04_finetune", "fine-tune", "16", 1, "head · energy", {"a": 81.0})
-            + _rows("06_cma", "CMA (λ=0.001)", "all", 0, "NegLabel (T=0.01, n_groups=1)", {"a": 66.0}, fpr=40, acc=63))
+    energy, nice = {"T": 1.0, "score": "energy", "seed": 1}, {"T": 0.01, "prompts": "nice"}
+    rows = (_rows("03_probes", "zero-shot", 0, 0, "PLP · energy", {"a": 80.0, "b": 70.0}, detector="plp",
+                  params=energy)
+            + _rows("03_probes", "zero-shot", 0, 0, "PLP · MSP", {"a": 99.0, "b": 99.0}, detector="plp",
+                    params={**energy, "score": "msp"})  # a label prefix would not tell it apart; params do
+            + _rows("03_probes", "zero-shot", 0, 0, "MCM (T=1, prompts=plp5)", {"a": 70.0, "b": 70.0}, detector="mcm",
+                    params={"T": 1.0, "prompts": "plp5"})
+            + _rows("04_finetune", "linear probe", "16", 1, "linear probe · energy", {"a": 90.0},
+                    detector="linear_probe", params=energy)
+            + _rows("04_finetune", "fine-tune", "16", 1, "head · energy", {"a": 81.0}, detector="head",
+                    params={"T": 1.0, "score": "energy"})
+            + _rows("06_cma", "CMA (λ=0.001)", "all", 0, "NegLabel (T=0.01, n_groups=1)", {"a": 66.0}, fpr=40, acc=63,
+                    detector="neglabel", params=nice)
+            + _rows("06_cma", "CMA (λ=0.001)", "all", 0, "NegLabel (T=0.01, prompts=single, n_groups=1)", {"a": 10.0},
+                    fpr=90, acc=1, detector="neglabel", params={**nice, "prompts": "single"}))
     s = summary.main_comparison(pd.DataFrame(rows))
     fit = pd.DataFrame({"pairing": ["p", "q"], "r2": [0.5, 0.8]})
     got = published.claims(s, fit).set_index("claim")["ours"]
@@ -152,7 +163,8 @@ def test_published_claims_measure_ours_on_the_summary():
     assert got.filter(like="R²").item() == 0.8
     assert got.filter(like="average FPR95").item() == 40 and got.filter(like="CMA, ID").item() == 63
     assert np.isnan(got.filter(like="zero-shot ImageNet").item()), "no zero-shot MCM rows: no number, not a guess"
-    zs = summary.main_comparison(pd.DataFrame(_rows("01_features", "zero-shot", 0, 0, "MCM (T=1)", {"a": 1.0}, acc=61.5)))
+    zs = summary.main_comparison(pd.DataFrame(_rows("01_features", "zero-shot", 0, 0, "MCM (T=1)", {"a": 1.0}, acc=61.5,
+                                                    detector="mcm", params={"T": 1.0, "prompts": "single"})))
     own = published.claims(zs, notebook="01_features")
     assert own["notebook"].tolist() == ["01_features"] and own["ours"].item() == 61.5
 
