@@ -141,10 +141,27 @@ def mean_std_table(summary: pd.DataFrame, index: list[str], columns: str = "ood_
     return out
 
 
-def difference(table: pd.DataFrame, a: str, b: str, metric: str = "auroc") -> pd.DataFrame:
-    """Detectors ``a`` and ``b`` (labels) per OOD set and on average, and ``a − b``."""
-    w = wide(table[table["detector_label"].isin([a, b])], metric)
-    return pd.DataFrame({a: w.loc[a], b: w.loc[b], f"{a} − {b}": w.loc[a] - w.loc[b]}).T
+def rows_of(table: pd.DataFrame, spec, **criteria) -> pd.DataFrame:
+    """The rows of one detector: ``spec`` is a detector name or spec (``"mcm"``, ``{"name": "mcm", "T": 1.0}``),
+    matched on ``detector`` and the parameters it names (:func:`select`), plus any other ``criteria``; raises when
+    they match nothing or more than one detector."""
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = spec.pop("name")
+    rows = select(table, detector=name, **({"params": spec} if spec else {}), **criteria)
+    labels = list(dict.fromkeys(rows["detector_label"]))
+    if len(labels) > 1:
+        raise SelectionError(f"detector {name!r} with {spec or 'no parameters'} matches {len(labels)} detectors "
+                             f"({labels}); name more of its parameters")
+    return rows
+
+
+def difference(table: pd.DataFrame, a, b, metric: str = "auroc") -> pd.DataFrame:
+    """Detectors ``a`` and ``b`` (specs, found by :func:`rows_of`) per OOD set and on average, and ``a − b``; rows
+    named by their labels."""
+    ra, rb = rows_of(table, a), rows_of(table, b)
+    la, lb = ra["detector_label"].iloc[0], rb["detector_label"].iloc[0]
+    w = wide(pd.concat([ra, rb]), metric)
+    return pd.DataFrame({la: w.loc[la], lb: w.loc[lb], f"{la} − {lb}": w.loc[la] - w.loc[lb]}).T
 
 
 # ---------------------------------------------------------------------------------------- paired claims
@@ -214,27 +231,6 @@ def claims_table(evaluations: Sequence[Evaluation], claims: Sequence[tuple[str, 
                          "per seed": ", ".join(f"{d:+.1f}" for d in r["per_seed"]),
                          "seeds A > B": f"{r['seeds_positive']}/{r['seeds']}", "verdict": r["verdict"]})
     return pd.DataFrame(rows)
-
-
-def find_label(table: pd.DataFrame, detector: str, **params) -> str | None:
-    """The label of the first detector named ``detector`` in ``table`` whose parameters include ``params``
-    (e.g. ``find_label(t, "gl_mcm", lam=1.0)``); None when the table has none. For display: to find rows, use
-    :func:`select` (``select(t, detector="gl_mcm", params={"lam": 1.0})``), which refuses an ambiguous match."""
-    rows = table[table["detector"] == detector]
-    for label, p in zip(rows["detector_label"], rows["params"].map(json.loads)):
-        if all(p.get(k) == v for k, v in params.items()):
-            return label
-    return None
-
-
-def published_comparison(table: pd.DataFrame, published: pd.DataFrame, labels: dict[str, str | None],
-                         mos: Sequence[str] = ("inaturalist", "sun", "places", "textures")) -> pd.DataFrame:
-    """:func:`helpers.views.published_comparison` with our rows named by their labels (``labels``: published
-    method -> our ``detector_label``; kept for callers that have only labels). Prefer the criteria form."""
-    from .views import published_comparison as compare
-
-    return compare(table, published, {m: None if lab is None else {"detector_label": lab}
-                                      for m, lab in labels.items()}, mos)
 
 
 def with_params(table: pd.DataFrame, *names: str) -> pd.DataFrame:

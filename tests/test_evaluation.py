@@ -95,9 +95,11 @@ def test_average_ood_and_wide_views(toy):
     text = tables.wide(t, "auroc", ci=True)
     lo, hi = rows.set_index("ood_set").loc["far", ["auroc_lo", "auroc_hi"]]
     assert text.loc["MCM (T=1)", "far"].endswith(f"[{lo:.1f}, {hi:.1f}]")
-    d = tables.difference(t, "MCM (T=1)", "max-logit (T=1)")
+    d = tables.difference(t, "mcm", {"name": "max_logit"})  # rows found by detector and parameters
     assert d.loc["MCM (T=1) − max-logit (T=1)", "near"] == pytest.approx(w.loc["MCM (T=1)", "near"]
                                                                         - w.loc["max-logit (T=1)", "near"])
+    with pytest.raises(tables.SelectionError, match="neglabel"):
+        tables.difference(t, "mcm", "neglabel")
 
 
 def test_with_params_reads_the_params_column(toy):
@@ -106,20 +108,15 @@ def test_with_params_reads_the_params_column(toy):
     assert sorted(set(t["T"])) == [0.1, 2.0]
 
 
-def test_published_comparison_finds_our_rows_by_name_and_params(toy):
+def test_rows_of_a_detector_spec_refuses_an_ambiguous_one(toy):
     bench, _ = toy
     t = evaluate([{"name": "mcm", "T": 0.01}, {"name": "mcm", "T": 1.0, "prompts": "plp5"}, "mcm"], bench, n_boot=0).table
-    assert tables.find_label(t, "mcm", T=1.0, prompts="single") == "MCM (T=1)"
-    assert tables.find_label(t, "mcm", T=1.0) == "MCM (T=1, prompts=plp5)"  # the first match, in table order
-    assert tables.find_label(t, "neglabel") is None
-    published = pd.DataFrame([{"method": m, "source": "paper", "ood": o, "fpr95": 50.0, "auroc": 90.0}
-                              for m in ("MCM", "NegLabel") for o in ("far", "near")])
-    labels = {"MCM": tables.find_label(t, "mcm", T=1.0, prompts="single"), "NegLabel": tables.find_label(t, "neglabel")}
-    c = tables.published_comparison(t, published, labels, mos=("far", "near")).set_index("ood")
-    assert list(c["method"]) == ["MCM", "MCM"]  # a method we did not run is left out, not a row of NaN
-    ours = t[t.detector_label == "MCM (T=1)"].set_index("ood_set")
-    assert c.loc["near", "auroc ours"] == pytest.approx(ours.loc["near", "auroc"])
-    assert c.loc["near", "Δ AUROC"] == pytest.approx(ours.loc["near", "auroc"] - 90.0)
+    rows = tables.rows_of(t, {"name": "mcm", "T": 1.0, "prompts": "single"})
+    assert set(rows.detector_label) == {"MCM (T=1)"} and len(rows) == t.ood_set.nunique()
+    with pytest.raises(tables.SelectionError, match="matches 2 detectors"):
+        tables.rows_of(t, {"name": "mcm", "T": 1.0})  # T=1 with either prompt set
+    with pytest.raises(tables.SelectionError, match="neglabel"):
+        tables.rows_of(t, "neglabel")
 
 
 def test_weighted_bootstrap_equals_explicit_resamples():

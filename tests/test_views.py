@@ -103,9 +103,6 @@ def test_published_comparison_keyed_by_method_detector_and_params(long):
         views.published_comparison(long, pub, {"MCM": {"detector": "mcm"}})  # both methods
     with pytest.raises(SelectionError, match="detector='neglabel'"):
         views.published_comparison(long, pub, {"NegLabel": {"detector": "neglabel"}})
-    legacy = tables.published_comparison(long[long.method == "SeTAR"], pub.replace("SeTAR (MCM)", "x"),
-                                         {"x": "MCM (T=1)"}, mos=("far", "near")).set_index("ood")
-    assert legacy.loc["average", "auroc ours"] == 75.5
 
 
 def test_detector_summary_and_headline(long):

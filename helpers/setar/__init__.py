@@ -14,7 +14,6 @@ from .edit import (
     edit_table,
     n_blocks,
     param_name,
-    published_comparison,
     setar_model,
     svd_of,
 )
@@ -23,4 +22,4 @@ from .search import SearchResult, SearchSplit, fast_search, make_split, naive_se
 
 __all__ = ["PUBLISHED", "PUBLISHED_B16", "RATIOS", "SVD", "SearchResult", "SearchSplit", "dropped_rank", "edit_table", "fast_search",
            "finetuned_model", "lora_factors", "make_split", "n_blocks", "naive_search", "objective", "param_name",
-           "published_comparison", "run_search", "setar_factors", "setar_model", "svd_of", "train_updates", "with_updates"]
+           "run_search", "setar_factors", "setar_model", "svd_of", "train_updates", "with_updates"]

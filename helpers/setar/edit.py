@@ -123,15 +123,3 @@ def edit_table(edits: dict, model) -> pd.DataFrame:
     table = pd.DataFrame([[e.get(c, 0.0) for c in cols] for e in edits.values()], index=list(edits),
                          columns=[f"{t} {b}" for t, b in cols])
     return table.rename_axis("split seed")
-
-
-def published_comparison(long, labels: dict) -> pd.DataFrame:
-    """The published SeTAR / MCM / GL-MCM rows beside ours: ``labels`` maps a published method to our
-    ``(method, detector label)``."""
-    from ..detectors.glmcm import PUBLISHED as GLMCM
-    from ..detectors.mcm import PUBLISHED as MCM
-    from ..tables import published_comparison as compare
-
-    combined = long.assign(detector_label=long["method"] + " · " + long["detector_label"])
-    published = pd.DataFrame(PUBLISHED + [r for r in MCM + GLMCM if r["source"].startswith("SeTAR")])
-    return compare(combined, published, {k: f"{m} · {d}" for k, (m, d) in labels.items()})
