@@ -201,3 +201,49 @@ def test_chunks_are_checked_and_a_damaged_one_is_reported(tmp_path):
     with pytest.warns(UserWarning, match=r"test chunk .*c-000001\.npz is damaged or stale \(BadZipFile"):
         assert load_chunk(path, "test chunk") is None
     assert not path.exists()
+
+
+# ------------------------------------------------------------------ caches that used their own format before
+def _images(root, per_class=3):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    from helpers.data import get_dataset
+
+    return get_dataset(str(root))
+
+
+def test_decoded_images_are_verified_and_a_damaged_array_is_rebuilt(tmp_path, tmp_cache):
+    from helpers.data.arrays import decoded_images
+
+    ds = _images(tmp_path / "imgs")
+    x = decoded_images(ds, 8, progress=False)
+    assert x.shape == (6, 8, 8, 3) and x.dtype == np.uint8
+    (f,) = (tmp_cache / "decoded").glob("*/images.npy")
+    assert np.load(f, mmap_mode="r").shape == x.shape  # still a memory-mappable .npy
+    np.save(f, x[::-1])  # same shape and size: only the recorded sha256 can tell
+    with pytest.warns(UserWarning, match=r"decoded-image cache .* is damaged or stale \(images\.npy does not match"):
+        again = decoded_images(ds, 8, progress=False)
+    np.testing.assert_array_equal(again, x)
+    assert again.flags.writeable
+    assert decoded_images(ds, 6, progress=False).shape == (6, 6, 6, 3)  # another size: another entry
+    assert len(list((tmp_cache / "decoded").glob("*/images.npy"))) == 2
+
+
+def test_content_fingerprint_memo_is_verified(tmp_path, tmp_cache):
+    import helpers.data.imagefolder as imagefolder
+
+    ds = _images(tmp_path / "imgs")
+    value = ds.content_fingerprint()
+    assert value == ds._content_sha256()
+    (meta_path,) = (tmp_cache / "fingerprints").glob(f"*/{META}")
+    meta = json.loads(meta_path.read_text())
+    meta["info"]["sha256"] = "0" * 64  # a memo edited to another valid-looking hash
+    meta_path.write_text(json.dumps(meta))
+    imagefolder._CONTENT.clear()
+    with pytest.warns(UserWarning, match="content-fingerprint cache .* is damaged or stale"):
+        assert ds.content_fingerprint() == value
