@@ -129,7 +129,7 @@ class CacheEntry:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{META} does not read as JSON ({e})") from e
         if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
-            raise ValueError(f"{META} is not the record of a cache entry")
+            raise ValueError(f"{META} records no files (written by an older version of the package?)")
         if meta.get("key") != self.key:
             raise ValueError("its key differs from the one asked for")
         if sha256_json(meta.get("info")) != meta.get("info_sha256"):
@@ -302,7 +302,7 @@ def load_chunk(path: str | Path, what: str = "chunk", check: Callable[[dict], No
         if check is not None:
             check(arrays)
         return arrays
-    except LOAD_ERRORS + (zipfile.LargeZipFile,) as e:
+    except LOAD_ERRORS as e:
         report_damage(what, path, f"{type(e).__name__}: {e}", action)
         path.unlink(missing_ok=True)
         return None
