@@ -255,13 +255,14 @@ def write_arrays(entry: CacheEntry, arrays: dict[str, np.ndarray]) -> dict[str, 
 
 
 def cached_arrays(kind: str, name: str, key: dict, build: Callable[[], tuple[dict[str, np.ndarray], dict]], *,
-                  what: str, use_cache: bool = True,
+                  what: str, use_cache: bool = True, lock: bool = True,
                   check: Callable[[dict[str, np.ndarray], dict], None] | None = None
                   ) -> tuple[dict[str, np.ndarray], dict, bool]:
     """``(arrays, info, from_cache)``: :func:`cached_tensors` for numpy arrays (one ``.npy`` per array, any dtype
     but object, so strings too) and/or a JSON document ``info``, keyed by ``key`` in ``<cache>/<kind>/<name>-<key
     hash>/``. ``check(arrays, info)`` may add checks of the content (shapes, finiteness): a ``ValueError`` there is
-    damage too. ``what`` names the cache in warnings (``"text-embedding cache"``)."""
+    damage too. ``what`` names the cache in warnings (``"text-embedding cache"``). ``lock=False`` builds without the
+    build lock, for entries cheap to build and many (two processes then may both build one; either result serves)."""
     entry = CacheEntry(artifact_dir(kind, name, key), key, what)
 
     def read(meta):
@@ -275,7 +276,7 @@ def cached_arrays(kind: str, name: str, key: dict, build: Callable[[], tuple[dic
         arrays = write_arrays(entry, arrays)
         return arrays, entry.commit(info)["info"]
 
-    (arrays, info), hit = cached(entry, read, make, use_cache=use_cache)
+    (arrays, info), hit = cached(entry, read, make, use_cache=use_cache, lock=lock)
     return arrays, info, hit
 
 

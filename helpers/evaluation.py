@@ -114,7 +114,7 @@ def metrics_of(s_id: np.ndarray, s_ood: np.ndarray, **conventions) -> dict:
     # the sizes too: where the ID scores end and the OOD scores begin is part of the key
     key = {"scores": h.hexdigest(), "n_id": len(s_id), "n_ood": len(s_ood), "conventions": conventions, "code": code}
     _, row, _ = cached_arrays("metrics", "report", key, lambda: ({}, ood_report(s_id, s_ood, seed=0, **conventions)),
-                              what="metric-report cache")
+                              what="metric-report cache", lock=False)  # thousands, cheap: no lock files
     return row
 
 
