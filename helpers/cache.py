@@ -14,11 +14,14 @@ One contract, implemented once (:class:`CacheEntry`), for every cache of the pac
   (<reason>); <what happens>"``, the wording :mod:`helpers.events` counts as a rebuild), removed and built again.
 - **locked**: two processes never build one entry at once (:func:`helpers.io.build_lock`).
 
-Built on it: :func:`cached_tensors` (safetensors: probes, fine-tuned towers, learned prompts) and
-:func:`cached_arrays` (``.npy`` arrays and/or a JSON document: text embeddings, NegLabel's words, metric reports,
-decoded images). Formats that need their own layout use :class:`CacheEntry` directly: the feature cache (arrays
-merged from resumable chunks, the large ones memory-mapped) and pocket CLIP checkpoints (files written by the
-trainer). Resume chunks of a build in progress are single ``.npz`` files (:func:`save_chunk` / :func:`load_chunk`).
+Built on it: :func:`cached_tensors` (safetensors: probes, fine-tuned towers, learned prompts, SeTAR, CMA, attacks)
+and :func:`cached_arrays` (``.npy`` arrays and/or a JSON document: text embeddings, NegLabel's words, metric reports,
+decoded images, content fingerprints of datasets). A new method gets caching and integrity by calling one of them
+with a key that holds everything its result depends on (metric reports, many and cheap, skip the lock). Formats
+that need their own layout use :class:`CacheEntry` directly: the feature cache (arrays merged from resumable
+chunks, the large ones memory-mapped) and pocket CLIP checkpoints (files written by the trainer). Resume chunks of
+a build in progress are single ``.npz`` files in the entry's folder (:func:`save_chunk` / :func:`load_chunk`),
+checked by zip's CRC-32 and reported with the same warning.
 """
 
 from __future__ import annotations
