@@ -16,7 +16,6 @@ is accepted, as MCM, GL-MCM, SeTAR, NegLabel, PLP and CMA; ``"ood"``: OpenOOD's)
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,7 +28,6 @@ from . import detectors as det
 from .benchmark import Benchmark
 from .io import atomic_path
 from .metrics import accuracy, ood_report
-from .paths import cache_dir
 
 # experimental factors of an OOD set beyond its dataset, empty where they do not apply: notebook 07's attack
 # ("none" for the real source images), its number of steps and its L∞ bound in units of 1/255; ``variant`` the
@@ -125,23 +123,21 @@ def _checked_factors(factors: dict[str, dict], ood: dict) -> dict[str, dict]:
 
 
 def metrics_of(s_id: np.ndarray, s_ood: np.ndarray, **conventions) -> dict:
-    """:func:`helpers.metrics.ood_report` (bootstrap seed 0), cached by the scores' bytes, the conventions and the
-    metrics code: a warm re-run does not redo the bootstrap of scores it has seen. The cached report is checked
-    against the sha256 recorded with it (:func:`helpers.cache.load_checked`); an edited one is recomputed."""
+    """:func:`helpers.metrics.ood_report` (bootstrap seed 0), cached (:func:`helpers.cache.cached_arrays`, a JSON
+    document under ``<cache>/metrics/``) keyed by the scores' bytes, where the ID scores end, the conventions and the
+    metrics code: a warm re-run does not redo the bootstrap of scores it has seen. An edited report does not match
+    the sha256 recorded with it and is recomputed."""
     from . import metrics
-    from .cache import code_hash, load_checked, save_checked
+    from .cache import cached_arrays, code_hash
 
     code = code_hash(metrics.ood_report, metrics.ood_metrics, metrics.bootstrap_ci, metrics.bootstrap_counts,
                      metrics.weighted_auroc_fpr)
     h = hashlib.sha256(np.ascontiguousarray(s_id, np.float64).tobytes())
     h.update(np.ascontiguousarray(s_ood, np.float64).tobytes())
     # the sizes too: where the ID scores end and the OOD scores begin is part of the key
-    h.update(json.dumps([conventions, code, len(s_id), len(s_ood)], sort_keys=True).encode())
-    path = cache_dir() / "metrics" / f"{h.hexdigest()[:32]}.json"
-    if (row := load_checked(path, "metric-report cache")) is not None:
-        return row
-    row = ood_report(s_id, s_ood, seed=0, **conventions)
-    save_checked(path, row)
+    key = {"scores": h.hexdigest(), "n_id": len(s_id), "n_ood": len(s_ood), "conventions": conventions, "code": code}
+    _, row, _ = cached_arrays("metrics", "report", key, lambda: ({}, ood_report(s_id, s_ood, seed=0, **conventions)),
+                              what="metric-report cache", lock=False)  # thousands, cheap: no lock files
     return row
 
 

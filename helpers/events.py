@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 ENV = "CLIPOOD_EVENTS"
-REBUILT = re.compile(r"\b(damaged|stale)\b")  # the wording of every cache-rebuild warning in helpers
+REBUILT = re.compile(r"\b(damaged|stale)\b")  # the wording of helpers.cache.report_damage, every cache's warning
 SHOW_FILES = 5  # skipped files named on the console; the manifest keeps them all
 
 

@@ -13,12 +13,14 @@ hashes everything that determines the content: the model's image id and checkpoi
 transform, the dataset's file list (paths, sizes, mtimes, labels), the kinds, the autocast dtype, the bad-image
 policy, a hash of the extraction code (:func:`helpers.cache.code_hash`) and, for the tensor decode path
 (:mod:`helpers.decode`, ``decode="tensor"``; the default on CUDA), the JPEG decoder and a hash of that path's code
-(the PIL path's key has no decode field: its caches predate the option). ``meta.json`` records the sha256 of
-every array file; loading checks them (and that no value is NaN/inf), so a damaged or edited cache is detected
-and rebuilt, never served.
+(the PIL path's key has no decode field: its caches predate the option). The folder is a
+:class:`helpers.cache.CacheEntry`: ``meta.json`` records the key and the size and sha256 of every array file;
+loading checks them (and that no value is NaN/inf), so a damaged or edited cache is reported and rebuilt, never
+served.
 
 Work is done in chunks of ``chunk_size`` images, each written atomically to ``parts/``; an interrupted run
-resumes from the chunks already written (chunks written with another chunk size are discarded), and the merge
+resumes from the chunks already written (:func:`helpers.cache.save_chunk`; chunks written with another chunk size
+are discarded, a damaged one is reported and extracted again), and the merge
 checks that the rows cover every image exactly once. ``meta.json`` is written last, so a cache without it is
 incomplete and is rebuilt, never reused. Under ``torchrun`` each process takes every ``world_size``-th chunk;
 rank 0 merges the parts in chunk order, which gives the same arrays as a single process because batches never
@@ -28,13 +30,10 @@ cross chunk boundaries.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import sys
 import time
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,11 +43,20 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed, events
-from .cache import code_hash, load_checked, save_checked, slug
+from .cache import (
+    CacheEntry,
+    cached_arrays,
+    code_hash,
+    load_chunk,
+    read_arrays,
+    save_chunk,
+    slug,
+    write_arrays,
+)
 from .data import ImageFolderDataset, collate_skip, get_dataset
 from .decode import DECODES, decode_code_hash, decode_id, resolve_decode, tensor_loader
 from .errors import ClipOODError, CorruptImageError, NonFiniteError
-from .io import atomic_path, build_lock, sha256_file, sha256_json, write_json
+from .io import build_lock, sha256_json
 from .models import LoadedModel, load_model
 from .paths import cache_dir
 from .torchtools import amp_precision, autocast
@@ -150,21 +158,21 @@ def cache_path(key: dict) -> Path:
     return cache_dir() / "features" / slug(key["dataset"]) / slug(key["model_id"]) / sha256_json(key)[:20]
 
 
-def _verify(folder: Path, meta: dict) -> dict[str, np.ndarray]:
-    """The arrays of a complete cache folder, after checking shapes, content hashes and finiteness."""
-    arrays = {}
-    for name, info in meta["arrays"].items():
-        f = folder / f"{name}.npy"
-        if f.stat().st_size != info["bytes"]:
-            raise ValueError(f"{f.name} has {f.stat().st_size} bytes, expected {info['bytes']}")
-        if sha256_file(f) != info["sha256"]:
-            raise ValueError(f"{f.name} does not match the sha256 recorded when it was written")
-        arr = np.load(f, mmap_mode="r")
-        if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
-            raise ValueError(f"{f.name} has shape {arr.shape}, expected {info['shape']}")
-        arrays[name] = arr if name == "local" else np.array(arr)  # local may be huge: stays memory-mapped
-        if arr.dtype.kind == "f" and not _all_finite(arrays[name]):
-            raise ValueError(f"{f.name} contains NaN/inf values")
+def cache_entry(folder: Path, key: dict) -> CacheEntry:
+    """The feature-cache entry ``folder`` keyed by ``key`` (:class:`helpers.cache.CacheEntry`): one ``.npy`` per
+    array (``labels`` and the kinds) and ``meta.json`` holding the rows' paths, the skipped images and the classes."""
+    return CacheEntry(folder, key, f"feature cache of {key['dataset']}", "extracting the features again")
+
+
+def _read_arrays(entry: CacheEntry, meta: dict) -> dict[str, np.ndarray]:
+    """The arrays of a checked entry (``local``, which may be huge, memory-mapped), after checking that every
+    float value is finite and every array has one row per image."""
+    arrays = read_arrays(entry, meta, mmap=("local",))
+    for name, arr in arrays.items():
+        if len(arr) != meta["info"]["n"]:
+            raise ValueError(f"{name}.npy has {len(arr)} rows, expected {meta['info']['n']}")
+        if arr.dtype.kind == "f" and not _all_finite(arr):
+            raise ValueError(f"{name}.npy contains NaN/inf values")
     return arrays
 
 
@@ -176,25 +184,17 @@ def _all_finite(arr: np.ndarray, rows: int = 256) -> bool:
 def _load_cached(folder: Path, key: dict) -> Features | None:
     """The cached features if ``folder`` holds a complete, intact cache for ``key``; None if absent. A stale or
     damaged cache is reported, removed and None returned (the caller extracts again)."""
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
+    entry = cache_entry(folder, key)
+    hit = entry.load(lambda meta: (meta["info"], _read_arrays(entry, meta)))
+    if hit is None:
         return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("key") != key or not meta.get("complete"):
-            raise ValueError("its key differs from the one asked for")
-        arrays = _verify(folder, meta)
-    except (OSError, ValueError, KeyError, EOFError) as e:
-        warnings.warn(f"feature cache {folder} ({key['dataset']}) is stale or damaged ({e}); extracting the "
-                      f"features again", stacklevel=3)
-        shutil.rmtree(folder, ignore_errors=True)
-        return None
-    if meta["failed"]:  # images left out under on_error="skip": the runner lists them (helpers.events)
-        events.record("skipped", dataset=key["dataset"], files=meta["failed"])
+    info, arrays = hit
+    if info["failed"]:  # images left out under on_error="skip": the runner lists them (helpers.events)
+        events.record("skipped", dataset=key["dataset"], files=info["failed"])
     return Features(
-        dataset=key["dataset"], model_id=key["model_id"], labels=arrays.pop("labels"), paths=meta["paths"],
-        classes=meta["classes"], class_names=meta["class_names"], failed=meta["failed"],
-        meta={**meta, "from_cache": True}, **{k: arrays.get(k) for k in KINDS},
+        dataset=key["dataset"], model_id=key["model_id"], labels=arrays.pop("labels"), paths=info["paths"],
+        classes=info["classes"], class_names=info["class_names"], failed=info["failed"],
+        meta={**info, "key": key, "from_cache": True}, **{k: arrays.get(k) for k in KINDS},
     )
 
 
@@ -205,25 +205,15 @@ def _part_path(parts: Path, chunk_size: int, j: int) -> Path:
 def _load_part(path: Path, rows: range | None = None) -> dict[str, np.ndarray] | None:
     """A written chunk, or None when it is missing; a chunk cut short (or, given ``rows``, one that does not hold
     exactly these rows) is reported, removed and None returned (it is extracted again)."""
-    if not path.is_file():
-        return None
-    try:
-        with open(path, "rb") as fh, np.load(fh) as z:  # our own handle: closed also when the zip does not read
-            part = {k: z[k] for k in z.files}
+    def check(part):
         if rows is not None and not np.array_equal(np.sort(np.r_[part["index"], part["failed"]]), np.asarray(rows)):
             raise ValueError(f"it does not hold rows {rows.start}..{rows.stop - 1}")
-        return part
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        warnings.warn(f"feature chunk {path} is damaged ({type(e).__name__}: {e}); extracting it again",
-                      stacklevel=2)
-        path.unlink(missing_ok=True)
-        return None
+
+    return load_chunk(path, "feature chunk", check, "extracting it again")
 
 
 def _save_part(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path, ".npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    save_chunk(path, arrays)
 
 
 def _discard_other_chunkings(parts: Path, chunk_size: int) -> None:
@@ -412,24 +402,21 @@ def _merge(folder: Path, key: dict, ds: ImageFolderDataset, kinds, part_paths: l
         raise CorruptImageError(f"none of the {len(ds)} images of {ds.name} at {ds.root} could be decoded.")
     arrays = {k: np.concatenate([p[k] for p in parts if len(p["index"])]) for k in kinds}
     arrays["labels"] = ds.labels[index]
-    meta = {"key": key, "complete": True, "n": int(len(index)), "paths": [ds.samples[i].path for i in index],
+    info = {"n": int(len(index)), "paths": [ds.samples[i].path for i in index],
             "failed": [ds.samples[i].path for i in failed], "classes": ds.classes, "class_names": ds.class_names,
-            "arrays": {}, "extract_seconds": round(seconds, 3), "images_extracted": n_new,
+            "extract_seconds": round(seconds, 3), "images_extracted": n_new,
             "images_per_second": round(n_new / seconds, 1) if seconds > 0 and n_new else None}
-    for name, arr in arrays.items():
-        f = folder / f"{name}.npy"
-        with atomic_path(f, ".npy") as tmp:
-            np.save(tmp, arr)
-        meta["arrays"][name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": f.stat().st_size,
-                                "sha256": sha256_file(f)}
-    write_json(folder / "meta.json", meta)
+    entry = cache_entry(folder, key)
+    entry.begin()
+    write_arrays(entry, arrays)
+    entry.commit(info)
     shutil.rmtree(folder / "parts", ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ text
 def _check_text_cache(arr: np.ndarray, n_classes: int, n_templates: int, ensemble: bool) -> np.ndarray:
     """``arr`` if it can be the cached embeddings asked for: the shape, finite, every vector of unit norm. (The
-    content itself is checked against its recorded sha256 by :func:`helpers.cache.load_checked`.)"""
+    file itself is checked against its recorded sha256 by :class:`helpers.cache.CacheEntry`.)"""
     want = (n_classes,) if ensemble else (n_classes, n_templates)
     if arr.ndim != len(want) + 1 or arr.shape[:-1] != want:
         raise ValueError(f"shape {arr.shape}, expected {want} + (dim,)")
@@ -446,7 +433,9 @@ def text_features(loaded: LoadedModel, class_names: list[str], templates: list[s
     """Normalised text embeddings of ``templates`` (format strings with ``{}``) filled with ``class_names``.
 
     ``ensemble=True`` returns (C, D): per class the mean of the normalised prompt embeddings, normalised
-    again (CLIP's prompt ensembling, as PLP does). ``ensemble=False`` returns (C, T, D).
+    again (CLIP's prompt ensembling, as PLP does). ``ensemble=False`` returns (C, T, D). Cached
+    (:func:`helpers.cache.cached_arrays`, ``<cache>/text/``) keyed by the text tower, the names, the templates,
+    ``ensemble`` and the code.
 
     A model with learned prompts (:func:`helpers.models.derive` with ``class_text``, e.g. CoOp) answers for
     exactly its class names with the learned embeddings, whatever the templates.
@@ -455,26 +444,27 @@ def text_features(loaded: LoadedModel, class_names: list[str], templates: list[s
         emb = loaded.class_text[1]
         return emb if ensemble else emb[:, None, :]
     key = {"model_id": loaded.text_id, "checkpoint_sha256": loaded.checkpoint_sha256, "names": list(class_names),
-           "templates": list(templates), "ensemble": ensemble, "code": code_hash(text_features)}
-    path = cache_dir() / "text" / f"{slug(loaded.text_id)}-{sha256_json(key)[:20]}.npy"
-    if use_cache and (arr := load_checked(path, "text-embedding cache")) is not None:
-        try:
-            return _check_text_cache(arr, len(class_names), len(templates), ensemble)
-        except ValueError as e:
-            warnings.warn(f"text-embedding cache {path} is damaged ({e}); rebuilding it", stacklevel=2)
+           "templates": list(templates), "ensemble": ensemble, "code": code_hash(text_features, _encode_text)}
+    arrays, _, _ = cached_arrays(
+        "text", loaded.text_id, key, lambda: ({"embeddings": _encode_text(loaded, class_names, templates, ensemble,
+                                                                          batch_size)}, {}),
+        what="text-embedding cache", use_cache=use_cache,
+        check=lambda a, _: _check_text_cache(a["embeddings"], len(class_names), len(templates), ensemble))
+    return arrays["embeddings"]
+
+
+def _encode_text(loaded: LoadedModel, class_names, templates, ensemble: bool, batch_size: int) -> np.ndarray:
     prompts = [t.format(c) for c in class_names for t in templates]
-    model = loaded.model
     out = []
     for i in range(0, len(prompts), batch_size):
         tokens = loaded.tokenizer(prompts[i:i + batch_size]).to(loaded.device)
-        out.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
+        out.append(F.normalize(loaded.model.encode_text(tokens).float(), dim=-1).cpu())
     emb = torch.cat(out).view(len(class_names), len(templates), -1)
     if ensemble:
         emb = F.normalize(emb.mean(1), dim=-1)
     arr = emb.numpy()
     if not np.isfinite(arr).all():
         raise NonFiniteError(f"NaN/inf in text embeddings of {loaded.model_id}; check the weights.")
-    save_checked(path, arr)
     return arr
 
 

@@ -109,18 +109,21 @@ def test_concurrent_extractions_of_one_dataset_extract_it_once(tmp_path, tmp_cac
 
 
 def test_pocket_checkpoint_waits_for_a_training_in_progress(smoke_model):
-    from helpers.models.pocket import CHECKSUMS, pocket_checkpoint
+    from helpers.cache import META
+    from helpers.models.pocket import pocket_checkpoint
 
     out = Path(smoke_model.pretrained).parent
-    (out / CHECKSUMS).unlink()  # as while a training is writing its files: no checksums yet
+    meta = (out / META).read_bytes()
+    (out / META).unlink()  # as while a training is writing its files: meta.json comes last
     got = []
     with build_lock(out):
         t = threading.Thread(target=lambda: got.append(pocket_checkpoint("tiny-100")))
         t.start()
         time.sleep(2)
         assert t.is_alive() and not got, "pocket_checkpoint read a checkpoint that another run was still writing"
+        (out / META).write_bytes(meta)  # the training finishes
     t.join(120)
-    assert got and got[0][1] == out / "open_clip_model.safetensors" and (out / CHECKSUMS).is_file()
+    assert got and got[0][1] == out / "open_clip_model.safetensors" and (out / META).read_bytes() == meta
 
 
 def test_a_disabled_lock_takes_nothing(tmp_path):

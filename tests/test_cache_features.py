@@ -12,10 +12,9 @@ from hooks import count_extracted, interrupt_after
 from torchvision.transforms import Compose, Lambda
 
 import helpers.features as hf
-from helpers.cache import content_sha256
+from helpers.cache import META, file_record
 from helpers.data import get_dataset
 from helpers.features import cache_key, cache_path, extract_features, text_features
-from helpers.io import sha256_file
 
 KINDS = ("image", "preproj", "local")
 FAST = dict(batch_size=8, num_workers=0, progress=False)
@@ -67,7 +66,7 @@ def test_chunk_with_other_rows_is_recomputed(model, ds, tmp_cache, monkeypatch):
     parts = folder / "parts"
     shutil.copy(parts / "chunk16-000000.npz", parts / "chunk16-000001.npz")  # chunk 1 holding chunk 0's rows
     calls = count_extracted(monkeypatch)
-    with pytest.warns(UserWarning, match=r"chunk16-000001\.npz is damaged \(ValueError: it does not hold rows 16\.\.31"):
+    with pytest.warns(UserWarning, match=r"chunk16-000001\.npz is damaged or stale \(ValueError: it does not hold rows 16\.\.31"):
         again = extract_features(model, ds, kinds=("image",), chunk_size=16, **FAST)
     assert sum(calls) == len(ds) - 16
     assert_same(again, full, ("image",))
@@ -100,7 +99,7 @@ def test_truncated_chunk_is_reported_by_name_and_recomputed(model, ds, tmp_cache
     chunk = folder / "parts" / "chunk16-000001.npz"
     chunk.write_bytes(chunk.read_bytes()[:300])  # cut short: BadZipFile when read
     calls = count_extracted(monkeypatch)
-    with pytest.warns(UserWarning, match=r"feature chunk .*chunk16-000001\.npz is damaged \(BadZipFile"):
+    with pytest.warns(UserWarning, match=r"feature chunk .*chunk16-000001\.npz is damaged or stale \(BadZipFile"):
         resumed = extract_features(model, ds, kinds=KINDS, chunk_size=16, **FAST)
     assert sum(calls) == len(ds) - 16  # chunk 0 kept, chunk 1 recomputed with the two never written
     assert_same(resumed, full)
@@ -123,10 +122,9 @@ def test_nan_in_a_cached_array_is_detected_and_rebuilt(model, ds, tmp_cache):
     arr[0, 1] = np.inf
     np.save(folder / "preproj.npy", arr)
     meta = json.loads((folder / "meta.json").read_text())
-    meta["arrays"]["preproj"].update(sha256=sha256_file(folder / "preproj.npy"),
-                                     bytes=(folder / "preproj.npy").stat().st_size)
+    meta["files"]["preproj.npy"] = file_record(folder / "preproj.npy")
     (folder / "meta.json").write_text(json.dumps(meta))
-    with pytest.warns(UserWarning, match=r"cifar10-test\) is stale or damaged \(preproj\.npy contains NaN/inf"):
+    with pytest.warns(UserWarning, match=r"feature cache of cifar10-test .* is damaged or stale \(preproj\.npy contains NaN/inf"):
         c = extract_features(model, ds, kinds=("image", "preproj"), **FAST)
     assert not c.meta["from_cache"] and np.isfinite(c.preproj).all()
     assert_same(a, c, ("image", "preproj"))
@@ -143,7 +141,7 @@ def test_same_size_corruption_is_detected_and_rebuilt(model, ds, tmp_cache):
         fh.seek(size - 200)
         fh.write(bytes(b ^ 0xFF for b in chunk))
     assert f.stat().st_size == size
-    with pytest.warns(UserWarning, match="stale or damaged"):
+    with pytest.warns(UserWarning, match="damaged or stale"):
         b = extract_features(model, ds, kinds=("image",), **FAST)
     assert not b.meta["from_cache"]
     assert_same(a, b, ("image",))
@@ -152,7 +150,7 @@ def test_same_size_corruption_is_detected_and_rebuilt(model, ds, tmp_cache):
 def test_damaged_text_cache_is_recomputed(model, tmp_cache):
     names, templates = ["cat", "dog"], ["a photo of a {}."]
     t = text_features(model, names, templates)
-    (path,) = (tmp_cache / "text").glob("*.npy")
+    (path,) = (tmp_cache / "text").glob("*/embeddings.npy")
     arr = np.load(path)
     arr[1, 3] *= 8  # same size, finite: an edited value
     np.save(path, arr)
@@ -162,7 +160,9 @@ def test_damaged_text_cache_is_recomputed(model, tmp_cache):
     arr = np.load(path)
     arr[0, 0] = np.nan
     np.save(path, arr)
-    path.with_name(path.name + ".sha256").write_text(content_sha256(arr))  # the hash passes: NaN check catches it
+    meta = json.loads((path.parent / META).read_text())
+    meta["files"]["embeddings.npy"] = file_record(path)  # the hash passes: the NaN check catches it
+    (path.parent / META).write_text(json.dumps(meta))
     with pytest.warns(UserWarning, match="NaN/inf"):
         np.testing.assert_array_equal(text_features(model, names, templates), t)
 

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from helpers.cache import content_sha256, load_checked, save_checked
+from helpers.cache import META, file_record
 from helpers.data import get_dataset
 from helpers.detectors.neglabel import mine_negative_labels
 from helpers.evaluation import metrics_of
 from helpers.features import cache_path, extract_features, text_features
-from helpers.io import sha256_file
 from helpers.metrics import ood_report
 from helpers.paths import REPO_ROOT
 from helpers.report import _portable, record_provenance
@@ -29,39 +28,15 @@ def _scores(n_id=40, n_ood=30, seed=0):
     return rng.normal(1.0, 1.0, n_id), rng.normal(0.0, 1.0, n_ood)
 
 
-# ------------------------------------------------------------------------------- the shared helper
-def test_checked_file_round_trip_and_edits(tmp_path):
-    path = tmp_path / "a.npz"
-    payload = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "key": np.asarray("k")}
-    save_checked(path, payload)
-    got = load_checked(path, "test cache")
-    assert set(got) == {"x", "key"} and np.array_equal(got["x"], payload["x"]) and str(got["key"]) == "k"
-    np.savez(path, x=payload["x"][::-1], key=payload["key"])  # same shapes, dtypes and bytes count: rows swapped
-    with pytest.warns(UserWarning, match=r"test cache .*a\.npz is damaged .*does not match the sha256"):
-        assert load_checked(path, "test cache") is None
-    assert not path.exists() and not path.with_name("a.npz.sha256").exists()
-    # a file of an older version, without the sidecar, is stale: rebuilt, never served
-    np.save(tmp_path / "b.npy", np.ones(3))
-    assert load_checked(tmp_path / "b.npy", "test cache") is None and not (tmp_path / "b.npy").exists()
-
-
-def test_content_hash_covers_shape_dtype_and_names():
-    a = np.arange(6, dtype=np.float32)
-    hashes = {content_sha256(a), content_sha256(a.reshape(2, 3)), content_sha256(a.view(np.int32)),
-              content_sha256({"b": a}), content_sha256({"x": 1}), content_sha256({"x": 1.0 + 1e-12})}
-    assert len(hashes) == 6
-    assert content_sha256(np.asfortranarray(a.reshape(2, 3))) == content_sha256(a.reshape(2, 3))
-
-
 # ------------------------------------------------------------------------------- metric reports
 def test_edited_metric_report_is_recomputed(tmp_cache):
     s_id, s_ood = _scores()
     expected = 100 * roc_auc_score(np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))], np.r_[s_id, s_ood])
     assert metrics_of(s_id, s_ood, n_boot=20)["auroc"] == pytest.approx(expected)
-    (path,) = (tmp_cache / "metrics").glob("*.json")
-    row = json.loads(path.read_text())
-    row["auroc"] = 99.0
-    path.write_text(json.dumps(row))
+    (path,) = (tmp_cache / "metrics").glob(f"*/{META}")
+    meta = json.loads(path.read_text())
+    meta["info"]["auroc"] = 99.0
+    path.write_text(json.dumps(meta))
     with pytest.warns(UserWarning, match="metric-report cache .* is damaged"):
         again = metrics_of(s_id, s_ood, n_boot=20)
     assert again["auroc"] == pytest.approx(expected) and expected < 95
@@ -71,11 +46,14 @@ def test_edited_metric_report_is_recomputed(tmp_cache):
 def test_metric_report_without_checksum_is_rebuilt(tmp_cache):
     s_id, s_ood = _scores(seed=1)
     metrics_of(s_id, s_ood, n_boot=0)
-    (path,) = (tmp_cache / "metrics").glob("*.json")
-    path.with_name(path.name + ".sha256").unlink(missing_ok=True)  # as an older version wrote it
-    path.write_text(json.dumps({**json.loads(path.read_text()), "auroc": 99.0}))
+    (path,) = (tmp_cache / "metrics").glob(f"*/{META}")
+    meta = json.loads(path.read_text())
+    del meta["info_sha256"]  # as an older version wrote it, or an edit that dropped it
+    path.write_text(json.dumps({**meta, "info": {**meta["info"], "auroc": 99.0}}))
+    with pytest.warns(UserWarning, match="metric-report cache .* is damaged or stale"):
+        got = metrics_of(s_id, s_ood, n_boot=0)
     expected = 100 * roc_auc_score(np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))], np.r_[s_id, s_ood])
-    assert metrics_of(s_id, s_ood, n_boot=0)["auroc"] == pytest.approx(expected)
+    assert got["auroc"] == pytest.approx(expected)
 
 
 def test_metric_cache_key_separates_id_from_ood(tmp_cache):
@@ -92,7 +70,7 @@ def test_text_cache_with_swapped_rows_is_recomputed(smoke_model, tmp_cache):
     names, templates = ["cat", "dog", "ship"], ["a photo of a {}."]
     fresh = text_features(smoke_model, names, templates, use_cache=False)
     text_features(smoke_model, names, templates)
-    (path,) = (tmp_cache / "text").glob("*.npy")
+    (path,) = (tmp_cache / "text").glob("*/embeddings.npy")
     arr = np.load(path)
     np.save(path, arr[[1, 0, 2]])  # unit norms, finite, right shape: only the content hash can tell
     with pytest.warns(UserWarning, match="text-embedding cache .* is damaged"):
@@ -107,10 +85,8 @@ def test_neglabel_cache_with_reversed_embeddings_is_recomputed(smoke_model, tmp_
     vocab = Vocabulary(nouns, ("soft", "bright", "wooden", "striped", "frozen"), "list", "<test>")
     negs = mine_negative_labels(smoke_model, CLASSES, vocab, ratio=0.4, progress=False)
     assert len(negs) == 4 + 2 and not negs.from_cache
-    (path,) = (tmp_cache / "neglabel").glob("*.npz")
-    with np.load(path) as z:
-        stored = {k: z[k] for k in z.files}
-    np.savez(path, **{**stored, "embeddings": stored["embeddings"][::-1]})
+    (path,) = (tmp_cache / "neglabel").glob("*/embeddings.npy")
+    np.save(path, np.load(path)[::-1])  # same shape, finite, unit norms: only the recorded sha256 can tell
     with pytest.warns(UserWarning, match="NegLabel cache .* is damaged"):
         again = mine_negative_labels(smoke_model, CLASSES, vocab, ratio=0.4, progress=False)
     assert not again.from_cache and again.words == negs.words
@@ -131,10 +107,9 @@ def test_nan_in_cached_local_features_is_reported_as_cache_damage(smoke_model, t
     local[3, 2, 1] = np.nan
     np.save(folder / "local.npy", local)
     meta = json.loads((folder / "meta.json").read_text())  # re-recorded: the hash passes, the values do not
-    meta["arrays"]["local"].update(sha256=sha256_file(folder / "local.npy"),
-                                   bytes=(folder / "local.npy").stat().st_size)
+    meta["files"]["local.npy"] = file_record(folder / "local.npy")
     (folder / "meta.json").write_text(json.dumps(meta))
-    with pytest.warns(UserWarning, match=r"feature cache .* damaged \(local\.npy contains NaN/inf") as record:
+    with pytest.warns(UserWarning, match=r"feature cache .* damaged or stale \(local\.npy contains NaN/inf") as record:
         b = extract_features(smoke_model, ds, **opts)
     assert not any("temperature" in str(w.message) for w in record)
     assert not b.meta["from_cache"] and np.isfinite(np.asarray(b.local, np.float32)).all()

@@ -14,8 +14,9 @@ import torch
 from safetensors import safe_open
 
 import helpers.models.pocket as pocket
+from helpers.cache import META
 from helpers.models import load_model
-from helpers.models.pocket import CHECKSUMS, CONFIGS, pocket_checkpoint, pocket_dir
+from helpers.models.pocket import CONFIGS, pocket_checkpoint, pocket_dir
 
 # tiny-100 cut to one epoch: the same code path as pocket:tiny-100, trained in seconds
 FAST = dataclasses.replace(CONFIGS["tiny-100"], epochs=1, eval_max_per_class=2)
@@ -80,8 +81,9 @@ def test_missing_checkpoint_is_announced_then_trained_and_cached(first_training,
     assert f"training pocket:tiny-100 (pocket-vit-xs) now, minutes on CPU: no checkpoint for it in {folder}" \
         in lines[0]
     assert "CLIPOOD_CACHE" in lines[0] and "load_model('pocket-vit-xs', '<folder>/open_clip_model.safetensors')" in lines[0]
-    sums = json.loads((folder / CHECKSUMS).read_text())
-    assert set(sums) == {"open_clip_model.safetensors", "train.json"}
+    meta = json.loads((folder / META).read_text())  # written after the training: every file's size and sha256
+    assert set(meta["files"]) == {"open_clip_model.safetensors", "train.json"}
+    assert meta["key"] == {"pocket": folder.name}
     monkeypatch.setenv("CLIPOOD_CACHE", str(root))
     no_training(monkeypatch)
     assert pocket_checkpoint(FAST, progress=False)[1] == folder / "open_clip_model.safetensors"  # cached now
@@ -102,24 +104,22 @@ def test_training_notice_says_how_long_and_points_at_other_checkpoints(tmp_cache
 
 def test_copied_cache_is_reused_without_training(trained, tmp_cache, monkeypatch, capsys):
     dest = install(trained, tmp_cache)
-    (dest / CHECKSUMS).unlink()  # a checkpoint written before checksums were recorded
     no_training(monkeypatch)
     arch, ckpt, info = pocket_checkpoint(FAST, progress=False)
     assert ckpt == dest / "open_clip_model.safetensors" and info["name"] == "tiny-100"
-    assert (dest / CHECKSUMS).is_file()  # recorded at the first check
+    assert info == json.loads((trained / "train.json").read_text())
     assert "[pocket]" not in capsys.readouterr().out
 
 
 def test_truncated_checkpoint_is_reported_and_rebuilt(trained, tmp_cache):
     dest = install(trained, tmp_cache)
     ckpt = dest / "open_clip_model.safetensors"
-    (dest / CHECKSUMS).unlink()  # no recorded hash: the safetensors header check finds it
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     with pytest.warns(UserWarning) as rec:
         arch, path, info = pocket_checkpoint(FAST, progress=False)
     msgs = [str(w.message) for w in rec if "pocket CLIP" in str(w.message)]
     assert len(msgs) == 1, msgs
-    assert (f"pocket CLIP checkpoint {dest} is damaged: open_clip_model.safetensors does not read as safetensors"
+    assert (f"pocket CLIP checkpoint {dest} is damaged or stale (open_clip_model.safetensors has "
             in msgs[0] and "training pocket:tiny-100 again" in msgs[0])
     with safe_open(str(path), "pt") as f:
         assert len(list(f.keys())) > 0
@@ -138,12 +138,12 @@ def test_damaged_checkpoint_files_are_detected(trained, tmp_cache, monkeypatch, 
         data = bytearray(f.read_bytes())
         data[-1000:-992] = bytes(b ^ 0xFF for b in data[-1000:-992])
         f.write_bytes(bytes(data))
-        expected = "open_clip_model.safetensors does not match the sha256 recorded in checksums.json"
+        expected = r"open_clip_model\.safetensors does not match the sha256 recorded in meta\.json"
     else:
         (dest / "train.json").write_text('{"name": "tiny-100", "arch": ')  # cut short
-        expected = "train.json does not read as JSON"
+        expected = r"train\.json has \d+ bytes, expected \d+"
     retrained = fake_training(monkeypatch, trained)
-    with pytest.warns(UserWarning, match=f"is damaged: {expected}.*Removing it and training pocket:tiny-100 again"):
+    with pytest.warns(UserWarning, match=rf"is damaged or stale \({expected}\); training pocket:tiny-100 again"):
         _, ckpt, info = pocket_checkpoint(FAST, progress=False)
     assert retrained == [dest] and info["name"] == "tiny-100"
     assert (ckpt.read_bytes() == (trained / "open_clip_model.safetensors").read_bytes())
@@ -156,6 +156,19 @@ def test_interrupted_training_is_not_mistaken_for_a_checkpoint(trained, tmp_cach
     with pytest.warns(UserWarning, match="train.json is missing"):
         pocket_checkpoint(FAST, progress=False)
     assert retrained == [dest]
+
+
+def test_training_killed_before_its_meta_is_trained_again_with_a_notice(trained, tmp_cache, monkeypatch, capsys):
+    """meta.json is written after the training: a folder without it (a training killed after writing its files) is
+    no checkpoint, however complete its files look. It is trained again, announced, and no damage is reported."""
+    dest = install(trained, tmp_cache)
+    (dest / META).unlink()
+    retrained = fake_training(monkeypatch, trained)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pocket_checkpoint(FAST, progress=False)
+    assert retrained == [dest] and "[pocket] training pocket:tiny-100" in capsys.readouterr().out
+    assert (dest / META).is_file()
 
 
 def test_load_model_through_a_copied_pocket_cache(smoke_model, tmp_cache, monkeypatch):

@@ -297,7 +297,7 @@ def test_mine_negative_labels_with_the_smoke_clip(smoke_model, tmp_cache):
     other = mine_negative_labels(smoke_model, classes, vocab, ratio=0.3, progress=False)
     assert not other.from_cache and len(other) == 6 + 3
     # a truncated cache file (killed write, full disk) is reported and mined again, never a BadZipFile
-    for f in (tmp_cache / "neglabel").glob("*.npz"):
+    for f in (tmp_cache / "neglabel").glob("*/*.npy"):
         f.write_bytes(f.read_bytes()[:100])
     with pytest.warns(UserWarning, match="damaged"):
         again = mine_negative_labels(smoke_model, classes, vocab, progress=False)

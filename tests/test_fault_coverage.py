@@ -19,6 +19,7 @@ import torch
 from hooks import count_extracted
 from PIL import Image
 
+from helpers.cache import file_record
 from helpers.data import get_dataset, import_from_mirror
 from helpers.errors import ClipOODError, MirrorError, UnknownDatasetError
 from helpers.features import cache_path, extract_features
@@ -202,10 +203,9 @@ def test_feature_cache_with_a_pickled_array_is_rebuilt_without_unpickling(vit, t
     planted[:] = [Payload() for _ in range(len(ds))]
     np.save(folder / "image.npy", planted, allow_pickle=True)
     meta = json.loads((folder / "meta.json").read_text())
-    meta["arrays"]["image"] = {"shape": [len(ds)], "dtype": "object", "sha256": sha256_file(folder / "image.npy"),
-                               "bytes": (folder / "image.npy").stat().st_size}
+    meta["files"]["image.npy"] = file_record(folder / "image.npy")
     (folder / "meta.json").write_text(json.dumps(meta))
-    with pytest.warns(UserWarning, match=r"feature cache .* is stale or damaged"):
+    with pytest.warns(UserWarning, match=r"feature cache .* is damaged or stale"):
         b = extract_features(vit, ds, kinds=("image",), **FAST)
     assert not (tmp_path / "pwned").exists()
     assert not b.meta["from_cache"] and b.image.dtype == np.float32

@@ -115,14 +115,14 @@ def test_truncated_or_stale_cache_is_rebuilt(smoke_model, small_ds, tmp_cache):
     folder = cache_path(a.meta["key"])
     data = (folder / "image.npy").read_bytes()
     (folder / "image.npy").write_bytes(data[: len(data) // 2])  # truncated
-    with pytest.warns(UserWarning, match="stale or damaged"):
+    with pytest.warns(UserWarning, match="damaged or stale"):
         b = extract_features(smoke_model, small_ds, kinds=("image",), num_workers=0, progress=False)
     assert not b.meta["from_cache"]
     np.testing.assert_array_equal(a.image, b.image)
     meta = json.loads((folder / "meta.json").read_text())
     meta["key"]["files"] = "something else"  # a cache written for other content
     (folder / "meta.json").write_text(json.dumps(meta))
-    with pytest.warns(UserWarning, match="stale or damaged"):
+    with pytest.warns(UserWarning, match="damaged or stale"):
         c = extract_features(smoke_model, small_ds, kinds=("image",), num_workers=0, progress=False)
     assert not c.meta["from_cache"]
     with warnings.catch_warnings():

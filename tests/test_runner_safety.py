@@ -327,12 +327,12 @@ def test_feature_cache_hit_reports_its_skipped_images(tmp_path, monkeypatch):
     import numpy as np
 
     from helpers import features
+    from helpers.cache import write_arrays
 
     folder, key = tmp_path / "feat", {"dataset": "toy", "model_id": "m"}
-    folder.mkdir()
-    (folder / "meta.json").write_text(json.dumps({"key": key, "complete": True, "paths": ["/d/ok.png"],
-                                                  "failed": ["/d/bad.png"], "classes": ["c"], "class_names": ["c"]}))
-    monkeypatch.setattr(features, "_verify", lambda folder, meta: {"labels": np.zeros(1, dtype=np.int64)})
+    entry = features.cache_entry(folder, key)
+    write_arrays(entry, {"labels": np.zeros(1, dtype=np.int64)})
+    entry.commit({"n": 1, "paths": ["/d/ok.png"], "failed": ["/d/bad.png"], "classes": ["c"], "class_names": ["c"]})
     monkeypatch.setenv(events.ENV, str(tmp_path / "ev.jsonl"))
     assert features._load_cached(folder, key).failed == ["/d/bad.png"]
     assert events.read(tmp_path / "ev.jsonl") == [{"kind": "skipped", "dataset": "toy", "files": ["/d/bad.png"]}]

@@ -6,8 +6,6 @@ import numpy as np
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from ..io import atomic_path
-from ..paths import cache_dir
 from .imagefolder import ImageFolderDataset
 
 
@@ -18,20 +16,26 @@ def geometry(size: int) -> transforms.Compose:
 
 
 def decoded_images(ds: ImageFolderDataset, size: int, progress: bool = True) -> np.ndarray:
-    """(N, size, size, 3) uint8 array of ``ds`` resized like open_clip's transform; cached by the file list and the
-    decoding and resizing code (:func:`helpers.cache.code_hash`)."""
-    from ..cache import code_hash
+    """(N, size, size, 3) uint8 array of ``ds`` resized like open_clip's transform. Cached
+    (:func:`helpers.cache.cached_arrays`, ``<cache>/decoded/``, an ``.npy`` file that ``np.load`` can memory-map)
+    keyed by the dataset's file list (paths, sizes, times, labels), ``size`` and the decoding and resizing code."""
+    from ..cache import cached_arrays, code_hash
     from .imagefolder import to_rgb
 
-    code = code_hash(geometry, to_rgb, ImageFolderDataset.load_rgb)
-    path = cache_dir() / "decoded" / f"{ds.name}-{ds.fingerprint()[:16]}-{code}-{size}.npy"
-    if path.is_file():
-        try:
-            arr = np.load(path, mmap_mode="r")
-            if arr.shape == (len(ds), size, size, 3):
-                return np.array(arr)  # a writable copy in memory
-        except (OSError, ValueError, EOFError):
-            pass  # truncated or foreign file: decode again
+    key = {"dataset": ds.name, "files": ds.fingerprint(), "n": len(ds), "size": size,
+           "code": code_hash(geometry, to_rgb, ImageFolderDataset.load_rgb, _decode)}
+
+    def check(arrays, _):
+        if arrays["images"].shape != (len(ds), size, size, 3) or arrays["images"].dtype != np.uint8:
+            raise ValueError(f"images.npy is {arrays['images'].dtype} {arrays['images'].shape}, expected uint8 "
+                             f"{(len(ds), size, size, 3)}")
+
+    arrays, _, _ = cached_arrays("decoded", f"{ds.name}-{size}", key, lambda: ({"images": _decode(ds, size, progress)}, {}),
+                                 what="decoded-image cache", check=check)
+    return arrays["images"]
+
+
+def _decode(ds: ImageFolderDataset, size: int, progress: bool) -> np.ndarray:
     geo = geometry(size)
     out = np.empty((len(ds), size, size, 3), dtype=np.uint8)
     for i in tqdm(range(len(ds)), desc=f"decode {ds.name}", disable=not progress, mininterval=2):
@@ -39,6 +43,4 @@ def decoded_images(ds: ImageFolderDataset, size: int, progress: bool = True) -> 
         if img is None:
             raise ValueError(f"{ds.root / ds.samples[i].path} cannot be decoded; training data must be clean.")
         out[i] = np.asarray(geo(img))
-    with atomic_path(path, ".npy") as tmp:
-        np.save(tmp, out)
     return out

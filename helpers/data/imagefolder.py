@@ -16,8 +16,6 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ..errors import ClassNameMismatchError, CorruptImageError, EmptyClassError, UsageError, clause
-from ..io import atomic_path
-from ..paths import cache_dir
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -342,29 +340,28 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def content_fingerprint(self) -> str:
         """Like :meth:`fingerprint` but hashing every file's *bytes* instead of its size and modification time:
         a copied folder (``cp -r``) keeps it. Used for long trainings' cache keys. Reading every file takes a
-        while, so the result is remembered (in memory and under ``<cache>/fingerprints/``) for the exact file list,
-        sizes and modification times it was computed for; any change to those reads the bytes again."""
+        while, so the result is remembered, in memory and in the cache (:func:`helpers.cache.cached_arrays`,
+        ``<cache>/fingerprints/``), keyed by the exact file list, sizes and modification times it was computed for
+        and the hashing code; any change to those reads the bytes again."""
+        from ..cache import cached_arrays, code_hash
+
         stamp = self.fingerprint()
-        if stamp in _CONTENT:
-            return _CONTENT[stamp]
-        memo = cache_dir() / "fingerprints" / f"{stamp[:40]}.txt"
-        try:
-            value = memo.read_text().strip()
-            if len(value) != 64:
-                raise ValueError(memo)
-        except (OSError, ValueError):
-            h = hashlib.sha256()
-            h.update(("\x1f".join(self.classes) + "\x1e" + "\x1f".join(self.class_names)).encode())
-            root = str(self.root)
-            for s in self.samples:
-                h.update(f"{s.path}\t{s.label}\t".encode())
-                with open(os.path.join(root, s.path), "rb") as f:
-                    h.update(hashlib.sha256(f.read()).digest())
-            value = h.hexdigest()
-            with atomic_path(memo) as tmp:
-                tmp.write_text(value + "\n")
-        _CONTENT[stamp] = value
-        return value
+        if stamp not in _CONTENT:
+            key = {"files": stamp, "code": code_hash(ImageFolderDataset._content_sha256)}
+            _, info, _ = cached_arrays("fingerprints", self.name, key, lambda: ({}, {"sha256": self._content_sha256()}),
+                                       what="content-fingerprint cache")
+            _CONTENT[stamp] = info["sha256"]
+        return _CONTENT[stamp]
+
+    def _content_sha256(self) -> str:
+        h = hashlib.sha256()
+        h.update(("\x1f".join(self.classes) + "\x1e" + "\x1f".join(self.class_names)).encode())
+        root = str(self.root)
+        for s in self.samples:
+            h.update(f"{s.path}\t{s.label}\t".encode())
+            with open(os.path.join(root, s.path), "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+        return h.hexdigest()
 
     def __repr__(self) -> str:
         return f"ImageFolderDataset({self.name!r}, {len(self)} images, {len(self.classes)} classes, root={self.root})"

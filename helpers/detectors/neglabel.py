@@ -39,17 +39,15 @@ shuffling. The word lists are every WordNet lemma, not the reference's pre-extra
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..cache import code_hash, load_checked, save_checked, slug
+from ..cache import cached_arrays, code_hash
 from ..features import text_features
 from ..io import sha256_json
-from ..paths import cache_dir
 from ..prompts import get_prompts
 from .base import register
 from .mcm import ZeroShotDetector
@@ -181,8 +179,9 @@ def mine_negative_labels(loaded, class_names: list[str], vocabulary, *, id_templ
     """NegLabel's negative labels for the ID ``class_names`` under ``loaded`` (a :class:`LoadedModel`).
 
     ``vocabulary`` is a :class:`helpers.words.Vocabulary`. The result is cached under
-    ``<cache>/neglabel/``, keyed by the model, the words, the prompts, the ID labels, the selection rule and
-    the code, and checked against the sha256 recorded with it: a damaged cache file is reported and mined again.
+    ``<cache>/neglabel/`` (:func:`helpers.cache.cached_arrays`), keyed by the model, the words, the prompts, the ID
+    labels, the selection rule and the code, and checked against the sha256 recorded with it: a damaged cache entry
+    is reported and mined again.
     """
     if not vocabulary.nouns and not vocabulary.adjectives:
         raise ValueError(f"the vocabulary ({vocabulary.describe()}) is empty")
@@ -191,16 +190,22 @@ def mine_negative_labels(loaded, class_names: list[str], vocabulary, *, id_templ
            "nouns": sha256_json(vocabulary.nouns), "adjectives": sha256_json(vocabulary.adjectives),
            "class_names": list(class_names), "id_templates": list(id_templates), "noun_template": noun_template,
            "adj_template": adj_template, "percentile": percentile, "ratio": ratio,
-           "code": code_hash(mine_negative_labels, negative_quantiles, select_negatives, _encode, text_features)}
-    path = cache_dir() / "neglabel" / f"{slug(loaded.text_id)}-{sha256_json(key)[:20]}.npz"
+           "code": code_hash(mine_negative_labels, _mine, negative_quantiles, select_negatives, _encode,
+                             text_features)}
     settings = {k: key[k] for k in ("id_templates", "noun_template", "adj_template", "percentile", "ratio")}
-    z = load_checked(path, "NegLabel cache") if use_cache else None
-    if z is not None and json.loads(str(z["key"])) == key:
-        return NegativeLabels(
-            words=[str(w) for w in z["words"]], is_adjective=z["is_adjective"], embeddings=z["embeddings"],
-            quantiles=z["quantiles"], id_embeddings=id_emb,
-            candidate_quantiles={"noun": z["cq_noun"], "adj": z["cq_adj"]},
-            source=vocabulary.describe(), settings=settings, from_cache=True)
+    z, _, hit = cached_arrays(
+        "neglabel", loaded.text_id, key,
+        lambda: (_mine(loaded, vocabulary, id_emb, noun_template, adj_template, percentile, ratio, batch_size,
+                       progress), {}), what="NegLabel cache", use_cache=use_cache)
+    return NegativeLabels(
+        words=[str(w) for w in z["words"]], is_adjective=z["is_adjective"], embeddings=z["embeddings"],
+        quantiles=z["quantiles"], id_embeddings=id_emb, candidate_quantiles={"noun": z["cq_noun"], "adj": z["cq_adj"]},
+        source=vocabulary.describe(), settings=settings, from_cache=hit)
+
+
+def _mine(loaded, vocabulary, id_emb, noun_template, adj_template, percentile, ratio, batch_size,
+          progress) -> dict[str, np.ndarray]:
+    """The mined negatives as the arrays :func:`mine_negative_labels` caches."""
     words, adj, embs, qs, cand = [], [], [], [], {}
     for pos, template, cands in (("noun", noun_template, vocabulary.nouns), ("adj", adj_template, vocabulary.adjectives)):
         emb = _encode(loaded, list(cands), template, id_emb.shape[1], batch_size, progress, f"NegLabel {pos}s")
@@ -211,12 +216,9 @@ def mine_negative_labels(loaded, class_names: list[str], vocabulary, *, id_templ
         embs.append(emb[keep])
         qs.append(q[keep])
         cand[pos] = q
-    res = NegativeLabels(words, np.concatenate(adj), np.concatenate(embs).astype(np.float32),
-                         np.concatenate(qs), id_emb, cand, vocabulary.describe(), settings)
-    save_checked(path, {"key": json.dumps(key), "words": np.array(res.words, dtype=str),
-                        "is_adjective": res.is_adjective, "embeddings": res.embeddings, "quantiles": res.quantiles,
-                        "cq_noun": cand["noun"], "cq_adj": cand["adj"]})
-    return res
+    return {"words": np.array(words, dtype=str), "is_adjective": np.concatenate(adj),
+            "embeddings": np.concatenate(embs).astype(np.float32), "quantiles": np.concatenate(qs),
+            "cq_noun": cand["noun"], "cq_adj": cand["adj"]}
 
 
 # ------------------------------------------------------------------------------------------ detector

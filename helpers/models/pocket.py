@@ -24,8 +24,9 @@ under bf16 autocast on a CPU with native bf16 and in fp32 elsewhere (``amp="auto
 20 times slower than fp32); the cache key holds the precision used, since the two train different weights.
 Checkpoints are cached under ``<cache>/models/pocket/<name>-<key>/`` keyed by the configuration, the
 *content* of the pretraining images and a hash of the training code (:func:`helpers.cache.code_hash`), so a copied
-cache (``cp -r``) is reused. ``checksums.json`` beside the files records their sha256; a checkpoint that is cut
-short or altered is reported, removed and trained again (:func:`pocket_checkpoint`), and a training nobody asked
+cache (``cp -r``) is reused. The folder is a :class:`helpers.cache.CacheEntry`: its ``meta.json`` records the sha256
+of every file; a checkpoint that is cut short or altered is reported, removed and trained again
+(:func:`pocket_checkpoint`), and a training nobody asked
 for is announced first with its rough duration. A checkpoint file can also be used on its own:
 ``load_model("pocket-vit-s", "<folder>/open_clip_model.safetensors")`` (its ``train.json`` beside it).
 """
@@ -41,7 +42,6 @@ import json
 import math
 import re
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,15 +50,14 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .. import training
-from ..cache import code_hash
+from ..cache import META, CacheEntry, cached, code_hash
 from ..data import get_dataset
 from ..data.arrays import decoded_images, geometry
 from ..errors import ClipOODError, UnknownModelError
-from ..io import atomic_path, build_lock, sha256_file, sha256_json, write_json
+from ..io import atomic_path, sha256_json, write_json
 from ..paths import cache_dir
 from ..torchtools import adamw_groups, amp_precision, image_size
 
@@ -342,56 +341,33 @@ def _content_of(dataset: str, data_dir) -> str:
     return get_dataset(dataset, data_dir=data_dir).content_fingerprint()
 
 
-CHECKSUMS = "checksums.json"
-
-
 def _training_time(cfg: PocketConfig) -> str:
     return TRAINING_TIME.get(cfg.name, "minutes") if CONFIGS.get(cfg.name) == cfg else "minutes"
 
 
-def _read_json(path: Path):
+def checkpoint_entry(cfg: PocketConfig, out: Path) -> CacheEntry:
+    """The cache entry of the checkpoint folder ``out`` (:func:`pocket_dir`), keyed by the folder's name (which
+    holds the hash of the configuration, the pretraining images' content, the precision and the training code)."""
+    return CacheEntry(out, {"pocket": out.name}, "pocket CLIP checkpoint",
+                      f"training pocket:{cfg.name} again ({_training_time(cfg)} on CPU)")
+
+
+def _checkpoint_files(report: dict) -> list[str]:
+    return ["train.json", "open_clip_model.safetensors", *(report.get("snapshots") or {}).values()]
+
+
+def verify_checkpoint(out: Path, meta: dict) -> dict:
+    """The training report of the checkpoint folder ``out`` whose entry's ``meta`` (:meth:`CacheEntry.meta`, which
+    checked the size and sha256 of every file) it is; ``ValueError`` naming the first problem when a file it needs
+    is not recorded or ``train.json`` is no training report."""
     try:
-        return json.loads(path.read_text())
+        report = json.loads((out / "train.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path.name} does not read as JSON ({e})") from e
-
-
-def verify_checkpoint(out: Path) -> dict:
-    """The training report of the checkpoint folder ``out`` after checking its files; ``ValueError`` naming the
-    first problem otherwise. ``checksums.json`` holds the sha256 of every file (written after training, or at the
-    first check of a folder that has none, after checking that each safetensors file reads); a file that no longer
-    matches it, a safetensors file cut short or a ``train.json`` that does not read is damage."""
-    report_path, sums_path = out / "train.json", out / CHECKSUMS
-    if not report_path.is_file():
-        raise ValueError("train.json is missing (an interrupted training?)")
-    report, sums = _read_json(report_path), _read_json(sums_path) if sums_path.is_file() else {}
+        raise ValueError(f"train.json does not read as JSON ({e})") from e
     if not isinstance(report, dict) or "arch" not in report:
         raise ValueError("train.json is not a training report")
-    if not isinstance(sums, dict):
-        raise ValueError(f"{CHECKSUMS} is not a table of checksums")
-    files = [report_path, out / "open_clip_model.safetensors",
-             *(out / f for f in (report.get("snapshots") or {}).values())]
-    fresh = {}
-    for f in files:
-        if not f.is_file():
-            raise ValueError(f"{f.name} is missing")
-        if f.name in sums:
-            if sha256_file(f) != sums[f.name]:
-                raise ValueError(f"{f.name} does not match the sha256 recorded in {CHECKSUMS}")
-            continue
-        if f.suffix == ".safetensors":
-            try:
-                with safe_open(str(f), "pt") as st:
-                    if not list(st.keys()):
-                        raise ValueError(f"{f.name} holds no tensors")
-            except SafetensorError as e:
-                raise ValueError(f"{f.name} does not read as safetensors ({e})") from e
-        fresh[f.name] = sha256_file(f)
-    if fresh:
-        try:
-            write_json(sums_path, {**sums, **fresh})
-        except OSError:  # a read-only cache is still usable
-            pass
+    if missing := [f for f in _checkpoint_files(report) if f not in meta["files"]]:
+        raise ValueError(f"{', '.join(missing)} not recorded in its meta.json")
     return report
 
 
@@ -412,31 +388,25 @@ def pocket_checkpoint(config: str | PocketConfig = DEFAULT, device="cpu", data_d
                       progress: bool = True) -> tuple[str, Path, dict]:
     """``(arch, checkpoint path, training report)`` of a pocket CLIP; trains it first if not cached.
 
-    A cached checkpoint is checked first (:func:`verify_checkpoint`); a damaged one is reported, removed and
-    trained again. Before a training that was not asked for (``force``) one line says what is trained, why and
-    roughly how long it takes.
+    The checkpoint folder is a :class:`helpers.cache.CacheEntry` (keyed by the configuration, the pretraining
+    images' content, the precision and the training code; the sha256 of every file recorded in ``meta.json``, which
+    is written after the training). A damaged one is reported, removed and trained again. Before a training that
+    was not asked for (``force``) one line says what is trained, why and roughly how long it takes.
     """
     cfg = get_config(config)
     out = pocket_dir(cfg, data_dir, device)
-    ckpt = out / "open_clip_model.safetensors"
-    if not force and (out / CHECKSUMS).exists():  # the usual case: trained, nobody writing
-        with contextlib.suppress(OSError, ValueError):
-            return cfg.arch, ckpt, verify_checkpoint(out)
-    with build_lock(out):  # two runs never train (or remove) one checkpoint at once
-        if not force:
-            if (out / "train.json").exists() or ckpt.exists():
-                try:
-                    return cfg.arch, ckpt, verify_checkpoint(out)
-                except (OSError, ValueError) as e:
-                    warnings.warn(f"pocket CLIP checkpoint {out} is damaged: {e}. Removing it and training "
-                                  f"pocket:{cfg.name} again ({_training_time(cfg)} on CPU)", stacklevel=2)
-                    for f in [*out.glob("*.safetensors"), out / "train.json", out / CHECKSUMS]:
-                        f.unlink(missing_ok=True)
-            else:
-                print(_training_notice(cfg, out), flush=True)
-        (out / CHECKSUMS).unlink(missing_ok=True)
+    entry = checkpoint_entry(cfg, out)
+    announce = not force and not (out / META).is_file()  # a damaged checkpoint is announced by its warning
+
+    def train(entry):
+        if announce:
+            print(_training_notice(cfg, out), flush=True)
         train_pocket(cfg, out, device=device, data_dir=data_dir, progress=progress)
-        return cfg.arch, ckpt, verify_checkpoint(out)
+        report = json.loads((out / "train.json").read_text())
+        return verify_checkpoint(out, entry.commit(files=_checkpoint_files(report)))
+
+    report, _ = cached(entry, lambda meta: verify_checkpoint(out, meta), train, use_cache=not force)
+    return cfg.arch, out / "open_clip_model.safetensors", report
 
 
 def main(argv: list[str] | None = None) -> int:
