@@ -10,7 +10,8 @@ The data path is  dataset -> model -> cached features -> detectors -> evaluate()
 - :mod:`helpers.detectors`   one small torch class per OOD detector, a registry by name
 - :mod:`helpers.evaluation`  ``evaluate()``: fit, score, measure; the canonical long table ``scores.csv``
 - :mod:`helpers.metrics`     AUROC / FPR95 / AUPR with explicit conventions and bootstrap CIs
-- :mod:`helpers.tables`      views of the long table, paired claims; :mod:`helpers.plots` shared figures;
+- :mod:`helpers.tables`      ``select`` rows by what they are, wide tables, paired claims; :mod:`helpers.views` every
+                             named view of the long table a notebook shows; :mod:`helpers.plots` shared figures;
                              :mod:`helpers.summary`, :mod:`helpers.published` the series summary and the papers' numbers
 - :mod:`helpers.training`    the one training loop (``fit``): every method is its parameters plus an objective
 - notebook 02-03: :mod:`helpers.prompts`, :mod:`helpers.words` (NegLabel's lexicon), :mod:`helpers.probes` (PLP and

@@ -7,7 +7,8 @@ entropy at its T = 1 on raw cosines, where papers that use CLIP's logits take T 
 
 :func:`variants` lists the grid (one change at a time from the published setting, then OpenOOD's choices all
 at once, then energy and entropy at both temperatures); :func:`run_grid` evaluates each with
-:func:`helpers.evaluation.evaluate` (one ``step`` per row, so they land in the canonical table);
+:func:`helpers.evaluation.evaluate` (``step="protocol"``, each variant named in the ``variant`` column, so they land
+in the canonical table);
 :func:`sensitivity_table` is the view with the change of the mean AUROC / FPR95 against each detector's
 published row.
 """
@@ -19,7 +20,6 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from .benchmark import Benchmark
-from .detectors import get
 from .evaluation import evaluate
 from .tables import average_ood
 
@@ -33,7 +33,7 @@ def variants(prompt_sets: Sequence[str] = ("single", "plp5", "openai80")) -> lis
     rows = [{"factor": "baseline: MCM as published", **base, "baseline": True},
             {"factor": "temperature", **base, "detector": {**PUBLISHED, "T": 0.01}},
             {"factor": "temperature: the model's own scale", **base, "detector": {**PUBLISHED, "T": "model"}}]
-    rows += [{"factor": "prompt set", **base, "detector": {**PUBLISHED, "prompts": p}} for p in prompt_sets
+    rows += [{"factor": f"prompt set: {p}", **base, "detector": {**PUBLISHED, "prompts": p}} for p in prompt_sets
              if p != "single"]
     rows += [{"factor": "interpolation", **base, "interpolation": "bicubic"},
              {"factor": "FPR95 positive class", **base, "fpr_positive": "ood"},
@@ -44,21 +44,24 @@ def variants(prompt_sets: Sequence[str] = ("single", "plp5", "openai80")) -> lis
     for name in ("energy", "entropy"):
         rows += [{"factor": f"{name} as in MCM's code", **base, "detector": {"name": name, "T": 1.0}, "baseline": True},
                  {"factor": f"{name}: temperature", **base, "detector": {"name": name, "T": 0.01}}]
+    assert len({r["factor"] for r in rows}) == len(rows), "every variant needs its own name (its row key)"
     return [{"baseline": False, **r} for r in rows]
 
 
 def run_grid(benches: Mapping[str, Benchmark], grid: Sequence[dict], *, results_dir=None, n_boot: int = 0
              ) -> pd.DataFrame:
     """Evaluate every variant of ``grid`` on ``benches[variant["interpolation"]]`` (one benchmark per resize
-    interpolation, same images); the long-table rows, ``step="protocol: <factor>, <setting>"``."""
+    interpolation, same images); the long-table rows: ``step="protocol"``, the variant's name in the ``variant``
+    factor column."""
     out = []
     for v in grid:
         missing = v["interpolation"] not in benches
         if missing:
             raise KeyError(f"no benchmark with {v['interpolation']!r} resizing; have {sorted(benches)}")
-        step = f"protocol: {v['factor']} [{get(v['detector']).label}, {v['interpolation']}]"
-        e = evaluate([v["detector"]], benches[v["interpolation"]], results_dir=results_dir, n_boot=n_boot,
-                     step=step, fpr_positive=v["fpr_positive"], fpr_method=v["fpr_method"])
+        bench = benches[v["interpolation"]]
+        e = evaluate([v["detector"]], bench, results_dir=results_dir, n_boot=n_boot, step="protocol",
+                     fpr_positive=v["fpr_positive"], fpr_method=v["fpr_method"],
+                     factors={name: {"variant": v["factor"]} for name in bench.ood})
         out.append(e.table.assign(factor=v["factor"], interpolation=v["interpolation"], baseline=v["baseline"]))
     return pd.concat(out, ignore_index=True)
 
@@ -68,7 +71,7 @@ def sensitivity_table(rows: pd.DataFrame) -> pd.DataFrame:
     from the published row of the same detector (``Δ``; the first rows of each detector are the baselines)."""
     avg = average_ood(rows.drop(columns=["factor", "interpolation", "baseline"]))
     avg = avg[avg["ood_set"] == "average"].reset_index(drop=True)
-    meta = rows.drop_duplicates("step").reset_index(drop=True)
+    meta = rows.drop_duplicates("variant").reset_index(drop=True)
     out = pd.DataFrame({
         "factor": meta["factor"], "detector": avg["detector_label"], "interpolation": meta["interpolation"],
         "FPR95 convention": meta["fpr_positive"] + " positive, " + meta["fpr_method"],

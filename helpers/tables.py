@@ -143,15 +143,20 @@ def mean_std_table(summary: pd.DataFrame, index: list[str], columns: str = "ood_
 
 def rows_of(table: pd.DataFrame, spec, **criteria) -> pd.DataFrame:
     """The rows of one detector: ``spec`` is a detector name or spec (``"mcm"``, ``{"name": "mcm", "T": 1.0}``),
-    matched on ``detector`` and the parameters it names (:func:`select`), plus any other ``criteria``; raises when
-    they match nothing or more than one detector."""
+    matched on ``detector`` and the parameters it names (:func:`select`), plus any other ``criteria``. When that
+    leaves several detectors, the one whose other parameters are the detector's defaults is taken
+    (``{"name": "mcm", "T": 1.0}`` is MCM with its default prompts); otherwise :class:`SelectionError`."""
+    from .detectors import get
+
     spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = spec.pop("name")
-    rows = select(table, detector=name, **({"params": spec} if spec else {}), **criteria)
-    labels = list(dict.fromkeys(rows["detector_label"]))
-    if len(labels) > 1:
-        raise SelectionError(f"detector {name!r} with {spec or 'no parameters'} matches {len(labels)} detectors "
-                             f"({labels}); name more of its parameters")
+    named = {k: v for k, v in spec.items() if k != "name"}
+    rows = select(table, detector=spec["name"], **({"params": named} if named else {}), **criteria)
+    if rows["detector_label"].nunique() > 1:
+        defaults = {k: v for k, v in json.loads(get(spec).params_json()).items() if k not in named}
+        rows = rows[_matches(rows["params"], defaults)]
+        if rows["detector_label"].nunique() != 1:
+            raise SelectionError(f"detector spec {spec} matches several detectors and none by its defaults "
+                                 f"{defaults}; name more of its parameters")
     return rows
 
 

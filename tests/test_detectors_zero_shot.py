@@ -404,7 +404,10 @@ def test_notebook_02_runs_in_the_smoke_profile(smoke_series):
     assert (main_rows["auroc"] <= main_rows["auroc_hi"] + 1e-9).all()
     sens = pd.read_csv(res / "protocol_sensitivity.csv")
     assert sens["factor"].iloc[0].startswith("baseline") and {"temperature", "interpolation", "FPR95 positive class",
-                                                              "prompt set", "energy: temperature"} <= set(sens["factor"])
+                                                              "energy: temperature"} <= set(sens["factor"])
+    assert any(f.startswith("prompt set: ") for f in sens["factor"])
+    protocol_rows = scores[scores["step"] == "protocol"]  # one step; each variant named in its own column
+    assert set(protocol_rows["variant"]) == set(sens["factor"])
     fpr_row = sens[sens["factor"] == "FPR95 positive class"].iloc[0]
     assert fpr_row["avg AUROC"] == pytest.approx(sens["avg AUROC"].iloc[0])  # AUROC does not depend on it
     energy_t = sens[sens["factor"] == "energy: temperature"].iloc[0]  # measured against energy's own T = 1 row

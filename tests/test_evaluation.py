@@ -108,13 +108,13 @@ def test_with_params_reads_the_params_column(toy):
     assert sorted(set(t["T"])) == [0.1, 2.0]
 
 
-def test_rows_of_a_detector_spec_refuses_an_ambiguous_one(toy):
+def test_rows_of_a_detector_spec_fill_in_its_defaults(toy):
     bench, _ = toy
     t = evaluate([{"name": "mcm", "T": 0.01}, {"name": "mcm", "T": 1.0, "prompts": "plp5"}, "mcm"], bench, n_boot=0).table
-    rows = tables.rows_of(t, {"name": "mcm", "T": 1.0, "prompts": "single"})
-    assert set(rows.detector_label) == {"MCM (T=1)"} and len(rows) == t.ood_set.nunique()
-    with pytest.raises(tables.SelectionError, match="matches 2 detectors"):
-        tables.rows_of(t, {"name": "mcm", "T": 1.0})  # T=1 with either prompt set
+    for spec, label in [({"name": "mcm", "T": 1.0}, "MCM (T=1)"), ("mcm", "MCM (T=1)"),
+                        ({"name": "mcm", "prompts": "plp5"}, "MCM (T=1, prompts=plp5)")]:
+        rows = tables.rows_of(t, spec)  # the defaults fill in what the spec leaves out
+        assert set(rows.detector_label) == {label} and len(rows) == t.ood_set.nunique()
     with pytest.raises(tables.SelectionError, match="neglabel"):
         tables.rows_of(t, "neglabel")
 

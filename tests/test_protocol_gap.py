@@ -18,6 +18,7 @@ def test_variants_change_one_thing_at_a_time():
         changed = [k for k in ("interpolation", "fpr_positive", "fpr_method") if v[k] != base[k]]
         changed += [k for k in ("T", "prompts") if v["detector"].get(k) != base["detector"][k]]
         assert len(changed) == 1, v
+    assert len({v["factor"] for v in grid}) == len(grid)  # the variant names key the rows
     energy = [v for v in grid if v["detector"]["name"] == "energy"]
     assert [v["detector"]["T"] for v in energy] == [1.0, 0.01] and energy[0]["baseline"]
 
@@ -32,7 +33,7 @@ def test_sensitivity_table_measures_each_detector_against_its_own_baseline():
                          "shots": "0", "seed": 0, "detector": det, "detector_label": f"{det} {step}", "params": "{}",
                          "id_set": "id", "ood_set": o, "n_id": 1, "n_ood": 1, "auroc": a, "fpr95": 100 - a,
                          "aupr_in": 0, "aupr_out": 0, "id_acc": 50, "fpr_positive": "id", "fpr_method": "nearest",
-                         "factor": factor, "interpolation": "bilinear", "baseline": base})
+                         "variant": factor, "factor": factor, "interpolation": "bilinear", "baseline": base})
     t = protocol.sensitivity_table(pd.DataFrame(rows)).set_index("factor")
     assert t.loc["temperature", "avg AUROC"] == 65 and t.loc["temperature", "Δ avg AUROC"] == -10
     assert t.loc["energy T", "Δ avg AUROC"] == 9 and t.loc["energy T", "Δ avg FPR95"] == -9  # vs energy's base

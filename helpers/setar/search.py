@@ -110,7 +110,7 @@ def naive_search(loaded, split: SearchSplit, *, lam: float = 0.1, top_k: int = 3
                  scale: float | None = None) -> SearchResult:
     """The published greedy search: every candidate is a freshly edited model, both towers re-run in full."""
     t0, rec = time.time(), _Record()
-    scale = scale or min(float(loaded.model.logit_scale.exp()), 100.0)
+    scale = scale or min(float(loaded.model.logit_scale.detach().exp()), 100.0)
     for step, (tower, block) in enumerate(_order(loaded.model)):
         for ratio in ratios:
             m = setar_model(loaded, {**rec.edit, (tower, block): ratio}).model
@@ -189,7 +189,7 @@ def fast_search(loaded, split: SearchSplit, *, lam: float = 0.1, top_k: int = 3,
     0 is the accepted model, whose objective is the running best already."""
     t0, rec = time.time(), _Record()
     model = loaded.model
-    scale = scale or min(float(model.logit_scale.exp()), 100.0)
+    scale = scale or min(float(model.logit_scale.detach().exp()), 100.0)
     order = _order(model)
     svds = {key: svd_of(model, *key) for key in order}
     visual = model.visual
