@@ -31,9 +31,10 @@ from .metrics import accuracy, ood_report
 
 # experimental factors of an OOD set beyond its dataset, empty where they do not apply: notebook 07's attack
 # ("none" for the real source images), its number of steps and its L∞ bound in units of 1/255; ``variant`` the
-# part of the dataset (notebook 03's familiar OOD: the classes "seen" / "unseen" in pretraining). Select rows by
-# them, never by a printed set name.
-FACTORS = ["attack", "attack_steps", "eps_255", "variant"]
+# part of the dataset (notebook 03's familiar OOD: the classes "seen" / "unseen" in pretraining; notebook 02's
+# protocol variant); ``lam`` the regulariser weight the model was trained with (notebook 06: CMA's λ, 0 for
+# FLYP). Select rows by them, never by a printed set or method name.
+FACTORS = ["attack", "attack_steps", "eps_255", "variant", "lam"]
 COLUMNS = ["notebook", "step", "model", "model_id", "method", "shots", "seed", "detector", "detector_label", "params",
            "id_set", "ood_set", *FACTORS, "n_id", "n_ood", "auroc", "auroc_lo", "auroc_hi", "fpr95", "fpr95_lo",
            "fpr95_hi", "fpr_positive", "fpr_method", "aupr_in", "aupr_out", "id_acc", "n_boot"]

@@ -36,7 +36,7 @@ CLAIMS = [
 # the ``average`` rows of :func:`helpers.views.main_comparison`, found by method, detector and parameters
 PLP_ENERGY = {"detector": "plp", "params": {"score": "energy"}}
 MCM_PLP5 = {"detector": "mcm", "params": {"T": 1.0, "prompts": "plp5"}}
-CMA_NEGLABEL = {"notebook": "06_cma", "method": "CMA (λ=0.001)", "detector": "neglabel", "params": {"prompts": "nice"}}
+CMA_NEGLABEL = {"notebook": "06_cma", "lam": 0.001, "detector": "neglabel", "params": {"prompts": "nice"}}
 
 
 def _measures(shots: str) -> dict[str, tuple[str, list[tuple[int, dict]]]]:
@@ -59,7 +59,7 @@ def _measure(avg: pd.DataFrame, metric: str, terms: list[tuple[int, dict]]) -> f
     more than one row matches."""
     total = 0.0
     for sign, criteria in terms:
-        present = {k: v for k, v in criteria.items() if k in ("notebook", "method")}
+        present = {k: v for k, v in criteria.items() if k in ("notebook", "method", "lam") and k in avg.columns}
         if not select_any(avg, **present):
             return np.nan
         total += sign * float(select(avg, expect=1, **criteria)[metric].iloc[0])

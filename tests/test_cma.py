@@ -128,6 +128,8 @@ def test_notebook_06_runs_in_the_smoke_profile(smoke_series):
     res = smoke_series.results("06_cma")
     scores = pd.read_csv(res / "scores.csv")
     assert set(scores.method) == {"zero-shot", "FLYP (λ=0)", "CMA (λ=0.1)"}
+    lam = scores.groupby("method")["lam"].unique()  # each run's λ in its own column; zero-shot has none
+    assert list(lam["CMA (λ=0.1)"]) == [0.1] and list(lam["FLYP (λ=0)"]) == [0.0] and lam["zero-shot"][0] != lam["zero-shot"][0]
     assert set(scores.model) == {"pocket:tiny-100", "pocket:tiny-100+cma", "pocket:tiny-100-fixed",
                                  "pocket:tiny-100-fixed+cma"}
     main_runs = scores[(scores.model == "pocket:tiny-100+cma")].groupby("method").seed.unique()

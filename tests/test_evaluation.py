@@ -323,7 +323,7 @@ def test_evaluate_writes_factor_columns_and_refuses_clashing_keys(toy, tmp_path)
     assert plain[FACTORS].isna().all().all() and list(plain["ood_set"]) == ["far", "near"]
     with pytest.raises(ValueError, match="same key"):
         evaluate(["mcm"], bench, n_boot=0, factors={"far": {"ood_set": "near"}})
-    with pytest.raises(KeyError, match="lam"):
-        evaluate(["mcm"], bench, n_boot=0, factors={"far": {"lam": 1.0}})
+    with pytest.raises(KeyError, match="temperature"):
+        evaluate(["mcm"], bench, n_boot=0, factors={"far": {"temperature": 1.0}})
     with pytest.raises(KeyError, match="not an OOD set"):
         evaluate(["mcm"], bench, n_boot=0, factors={"sun": {"attack": "none"}})

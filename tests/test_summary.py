@@ -151,10 +151,14 @@ def test_published_claims_measure_ours_on_the_summary():
                     detector="linear_probe", params=energy)
             + _rows("04_finetune", "fine-tune", "16", 1, "head · energy", {"a": 81.0}, detector="head",
                     params={"T": 1.0, "score": "energy"})
-            + _rows("06_cma", "CMA (λ=0.001)", "all", 0, "NegLabel (T=0.01, n_groups=1)", {"a": 66.0}, fpr=40, acc=63,
-                    detector="neglabel", params=nice)
-            + _rows("06_cma", "CMA (λ=0.001)", "all", 0, "NegLabel (T=0.01, prompts=single, n_groups=1)", {"a": 10.0},
-                    fpr=90, acc=1, detector="neglabel", params={**nice, "prompts": "single"}))
+            + [{**r, "lam": 0.001} for r in
+               _rows("06_cma", "CMA (λ=0.001)", "all", 0, "NegLabel (T=0.01, n_groups=1)", {"a": 66.0}, fpr=40, acc=63,
+                     detector="neglabel", params=nice)
+               + _rows("06_cma", "CMA (λ=0.001)", "all", 0, "NegLabel (T=0.01, prompts=single, n_groups=1)",
+                       {"a": 10.0}, fpr=90, acc=1, detector="neglabel", params={**nice, "prompts": "single"})]
+            + [{**r, "lam": 1.0} for r in  # another λ under another name: the claim takes λ = 0.001 by its column
+               _rows("06_cma", "CMA (λ=1)", "all", 0, "NegLabel (T=0.01, n_groups=1)", {"a": 99.0}, fpr=1, acc=99,
+                     detector="neglabel", params=nice)])
     s = summary.main_comparison(pd.DataFrame(rows))
     fit = pd.DataFrame({"pairing": ["p", "q"], "r2": [0.5, 0.8]})
     got = published.claims(s, fit).set_index("claim")["ours"]

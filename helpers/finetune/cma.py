@@ -160,7 +160,8 @@ def _random_crops(crop: transforms.RandomResizedCrop, images: torch.Tensor, star
 
 
 def method_name(lam: float) -> str:
-    """The ``method`` of a contrastive fine-tuning run in the long table: ``FLYP (λ=0)`` or ``CMA (λ=…)``."""
+    """The ``method`` of a contrastive fine-tuning run in the long table: ``FLYP (λ=0)`` or ``CMA (λ=…)``, a name
+    for display; select rows by the ``lam`` column, which :func:`cma_experiment` sets."""
     return "FLYP (λ=0)" if lam == 0 else f"CMA (λ={lam:g})"
 
 
@@ -188,7 +189,9 @@ def cma_experiment(bench, train: ImageFolderDataset, runs, detectors, *, train_a
     gaps = []
 
     def add(b, method, lam, seed, shots):
-        out.evaluations.append(evaluate(detectors, b, method=method, shots=shots, seed=seed, **evaluate_kwargs))
+        factors = {} if lam != lam else {name: {"lam": lam} for name in b.ood}  # the λ column (not zero-shot)
+        out.evaluations.append(evaluate(detectors, b, method=method, shots=shots, seed=seed, factors=factors,
+                                        **evaluate_kwargs))
         gaps.append(benchmark_gap(b, gap_prompts).assign(model=bench.model.name, method=method, lam=lam, seed=seed))
         out.benches[(method, seed)] = b
 
