@@ -141,7 +141,7 @@ def mean_std_table(summary: pd.DataFrame, index: list[str], columns: str = "ood_
     return out
 
 
-def rows_of(table: pd.DataFrame, spec, **criteria) -> pd.DataFrame:
+def detector_rows(table: pd.DataFrame, spec, **criteria) -> pd.DataFrame:
     """The rows of one detector: ``spec`` is a detector name or spec (``"mcm"``, ``{"name": "mcm", "T": 1.0}``),
     matched on ``detector`` and the parameters it names (:func:`select`), plus any other ``criteria``. When that
     leaves several detectors, the one whose other parameters are the detector's defaults is taken
@@ -161,9 +161,9 @@ def rows_of(table: pd.DataFrame, spec, **criteria) -> pd.DataFrame:
 
 
 def difference(table: pd.DataFrame, a, b, metric: str = "auroc") -> pd.DataFrame:
-    """Detectors ``a`` and ``b`` (specs, found by :func:`rows_of`) per OOD set and on average, and ``a − b``; rows
+    """Detectors ``a`` and ``b`` (specs, found by :func:`detector_rows`) per OOD set and on average, and ``a − b``; rows
     named by their labels."""
-    ra, rb = rows_of(table, a), rows_of(table, b)
+    ra, rb = detector_rows(table, a), detector_rows(table, b)
     la, lb = ra["detector_label"].iloc[0], rb["detector_label"].iloc[0]
     w = wide(pd.concat([ra, rb]), metric)
     return pd.DataFrame({la: w.loc[la], lb: w.loc[lb], f"{la} − {lb}": w.loc[la] - w.loc[lb]}).T

@@ -108,15 +108,15 @@ def test_with_params_reads_the_params_column(toy):
     assert sorted(set(t["T"])) == [0.1, 2.0]
 
 
-def test_rows_of_a_detector_spec_fill_in_its_defaults(toy):
+def test_detector_rows_of_a_spec_fill_in_its_defaults(toy):
     bench, _ = toy
     t = evaluate([{"name": "mcm", "T": 0.01}, {"name": "mcm", "T": 1.0, "prompts": "plp5"}, "mcm"], bench, n_boot=0).table
     for spec, label in [({"name": "mcm", "T": 1.0}, "MCM (T=1)"), ("mcm", "MCM (T=1)"),
                         ({"name": "mcm", "prompts": "plp5"}, "MCM (T=1, prompts=plp5)")]:
-        rows = tables.rows_of(t, spec)  # the defaults fill in what the spec leaves out
+        rows = tables.detector_rows(t, spec)  # the defaults fill in what the spec leaves out
         assert set(rows.detector_label) == {label} and len(rows) == t.ood_set.nunique()
     with pytest.raises(tables.SelectionError, match="neglabel"):
-        tables.rows_of(t, "neglabel")
+        tables.detector_rows(t, "neglabel")
 
 
 def test_weighted_bootstrap_equals_explicit_resamples():
