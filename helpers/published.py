@@ -36,7 +36,8 @@ CLAIMS = [
 # the ``average`` rows of :func:`helpers.views.main_comparison`, found by method, detector and parameters
 PLP_ENERGY = {"detector": "plp", "params": {"score": "energy"}}
 MCM_PLP5 = {"detector": "mcm", "params": {"T": 1.0, "prompts": "plp5"}}
-CMA_NEGLABEL = {"notebook": "06_cma", "lam": 0.001, "detector": "neglabel", "params": {"prompts": "nice"}}
+CMA_NEGLABEL = {"notebook": "06_cma", "lam": 0.001, "detector": "neglabel",
+                "params": {"prompts": "nice", "mining": "fixed"}}  # one word list, as CMA's code
 
 
 def _measures(shots: str) -> dict[str, tuple[str, list[tuple[int, dict]]]]:

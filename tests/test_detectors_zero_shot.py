@@ -424,3 +424,35 @@ def test_notebook_02_runs_in_the_smoke_profile(smoke_series):
     manifest = json.loads((smoke_series.out / "results" / "manifest.json").read_text())
     extra = manifest["notebooks"]["02_zero_shot"]["provenance"]["extra"]
     assert extra["02_word_source"] and extra["02_negative_labels"] > 0
+
+
+def test_neglabel_fixed_list_is_mined_once_and_reencoded(smoke_model):
+    """mining="fixed" (CMA's official choice): the words are those the named model mines, in its order, and their
+    embeddings are the scored model's own encodings of them (an independent text_features call); "own" re-mines."""
+    from helpers.features import text_features
+    from helpers.models import derive
+
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    words = ["lamp", "violin", "tundra", "glacier", "umbrella", "pencil", "carpet", "volcano", "mushroom", "teapot",
+             "harbor", "wrench", "lantern", "cactus", "saddle", "anchor", "tulip", "kettle", "ladder", "compass"]
+    g = torch.Generator().manual_seed(0)
+    moved = {k: v.detach() + 0.2 * v.detach().std() * torch.randn(v.shape, generator=g)
+             for k, v in smoke_model.model.named_parameters() if k.startswith("transformer.resblocks.0.")}
+    tuned = derive(smoke_model, "moved", weights=moved)  # a "fine-tuned" text tower
+    spec = dict(words="list", word_list=words, n_groups=1, ratio=0.5)
+    zero = detectors.get("neglabel", **spec).fit(smoke_model, classes)
+    fixed = detectors.get("neglabel", mining="fixed", mined_by=smoke_model.name, **spec).fit(tuned, classes)
+    own = detectors.get("neglabel", **spec).fit(tuned, classes)
+    assert fixed.negatives.words == zero.negatives.words and fixed.resolved["miner"] == smoke_model.model_id
+    assert own.resolved["miner"] == tuned.model_id
+    np.testing.assert_allclose(fixed.negatives.embeddings[0],
+                               text_features(tuned, [fixed.negatives.words[0]], ["the nice {}"], use_cache=False)[0],
+                               rtol=1e-4, atol=1e-6)
+    assert not np.allclose(fixed.negatives.embeddings, zero.negatives.embeddings, atol=1e-3)  # re-encoded
+    np.testing.assert_allclose(fixed.negatives.id_embeddings,
+                               text_features(tuned, classes, ["the nice {}"], use_cache=False), rtol=1e-4, atol=1e-6)
+    assert "mining=fixed" in fixed.label and "mining" not in own.label
+    with pytest.raises(ValueError, match="mined_by"):
+        detectors.get("neglabel", mining="fixed", **spec).fit(tuned, classes)
+    with pytest.raises(ValueError, match="mining must be"):
+        detectors.get("neglabel", mining="zero-shot")

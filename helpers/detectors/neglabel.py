@@ -35,11 +35,17 @@ Deviations: the reference shuffles with ``torch.randperm`` on CUDA (seed 0); her
 ``M mod G`` negatives of the list (nouns then adjectives, each lowest quantile first) are dropped before
 shuffling. The word lists are every WordNet lemma, not the reference's pre-extracted files (see
 :mod:`helpers.words`), so more negatives are mined.
+
+**Whose negatives.** ``mining="own"`` (default) mines the words with the model being scored. A fine-tuned model
+can instead keep one fixed list: ``mining="fixed"`` mines the words once with the model named ``mined_by``
+(the zero-shot model) and re-encodes exactly those words, with their prompts, by the scored model's text tower.
+That is what CMA's official code does (``ma-kjh/CMA-OoDD``: one list of 10,000 words, re-encoded by each
+fine-tuned text tower); the two differ when fine-tuning moves the text tower, and notebook 06 reports both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -221,6 +227,46 @@ def _mine(loaded, vocabulary, id_emb, noun_template, adj_template, percentile, r
             "cq_noun": cand["noun"], "cq_adj": cand["adj"]}
 
 
+_MINERS: dict = {}  # models loaded by name to mine a fixed list, one per (name, device)
+
+
+def miner_of(model, mined_by: str | None):
+    """The model that mines a fixed list for ``model``: ``model`` itself when it is the one named ``mined_by`` (or
+    when ``mined_by`` is None and ``model`` is not derived from another), else ``mined_by`` loaded by name
+    (:func:`helpers.models.load_model`, once per process)."""
+    if mined_by is None:
+        if model.parent is None:
+            return model
+        raise ValueError(f"NegLabel mining='fixed' on the derived model {model.name!r} needs mined_by=<the name of "
+                         "the model that mines the words>, e.g. the zero-shot model's name ('ViT-B-16/openai', "
+                         "'pocket:small')")
+    if mined_by in (model.name, model.model_id):
+        return model
+    key = (mined_by, str(model.device))
+    if key not in _MINERS:
+        from ..models import load_model
+
+        _MINERS.clear()  # one at a time: a paper-size model is large
+        _MINERS[key] = load_model(mined_by, device=model.device)
+    return _MINERS[key]
+
+
+def reencode(negatives: NegativeLabels, model, class_names: list[str], batch_size: int = 1000) -> NegativeLabels:
+    """The same words as ``negatives``, in the same order, encoded by ``model``'s text tower with the same prompts
+    (nouns with the noun template, adjectives with the adjective one; the ID labels with the ID prompts); their
+    quantiles recomputed against the new ID embeddings. The candidates' quantiles stay the miner's."""
+    s = negatives.settings
+    id_emb = text_features(model, class_names, list(s["id_templates"]))
+    adj = np.asarray(negatives.is_adjective, bool)
+    emb = np.zeros((len(negatives), id_emb.shape[1]), np.float32)
+    for mask, template in ((~adj, s["noun_template"]), (adj, s["adj_template"])):
+        words = [w for w, m in zip(negatives.words, mask) if m]
+        if words:
+            emb[mask] = _encode(model, words, template, id_emb.shape[1], batch_size, False, "NegLabel re-encode")
+    return replace(negatives, embeddings=emb, id_embeddings=id_emb,
+                   quantiles=negative_quantiles(emb, id_emb, s["percentile"]), from_cache=False)
+
+
 # ------------------------------------------------------------------------------------------ detector
 @register
 class NegLabel(ZeroShotDetector):
@@ -232,15 +278,19 @@ class NegLabel(ZeroShotDetector):
 
     name, title = "neglabel", "NegLabel"
     shown = ("T",)
-    hidden = ("words", "word_list", "max_words")
+    hidden = ("words", "word_list", "max_words", "mined_by")
 
     def __init__(self, T: float | str = T_NEGLABEL, n_groups: int = N_GROUPS, seed: int = SEED,
                  percentile: float = PERCENTILE, ratio: float = RATIO, prompts: str | list[str] = "nice",
                  words: str = "auto", word_list=None, max_words: int | None = None,
-                 noun_template: str = NOUN_TEMPLATE, adj_template: str = ADJ_TEMPLATE):
+                 noun_template: str = NOUN_TEMPLATE, adj_template: str = ADJ_TEMPLATE, mining: str = "own",
+                 mined_by: str | None = None):
+        if mining not in ("own", "fixed"):
+            raise ValueError(f"mining must be 'own' (mined by the scored model) or 'fixed' (mined once by the "
+                             f"model `mined_by`, re-encoded by the scored model), not {mining!r}")
         self._init(T=T, prompts=prompts, n_groups=n_groups, seed=seed, percentile=percentile, ratio=ratio,
                          words=words, word_list=word_list, max_words=max_words, noun_template=noun_template,
-                         adj_template=adj_template)
+                         adj_template=adj_template, mining=mining, mined_by=mined_by)
         self.negatives: NegativeLabels | None = None
         self.neg: torch.Tensor | None = None
         self.groups: torch.Tensor | None = None
@@ -251,9 +301,13 @@ class NegLabel(ZeroShotDetector):
         super().fit(model, class_names, train)
         p = self.params
         vocab = subsample(load_words(p["words"], p["word_list"]), p["max_words"])
-        self.negatives = mine_negative_labels(model, list(class_names), vocab, id_templates=get_prompts(p["prompts"]),
+        miner = model if p["mining"] == "own" else miner_of(model, p["mined_by"])
+        self.negatives = mine_negative_labels(miner, list(class_names), vocab, id_templates=get_prompts(p["prompts"]),
                                               noun_template=p["noun_template"], adj_template=p["adj_template"],
                                               percentile=p["percentile"], ratio=p["ratio"])
+        if miner is not model:
+            self.negatives = reencode(self.negatives, model, list(class_names))
+        self.resolved["miner"] = miner.model_id
         self.text = torch.as_tensor(self.negatives.id_embeddings, dtype=torch.float64, device=self.device)
         self.neg = torch.as_tensor(self.negatives.embeddings, dtype=torch.float64, device=self.device)
         self.groups = torch.as_tensor(group_indices(len(self.negatives), p["n_groups"], p["seed"]), device=self.device)
