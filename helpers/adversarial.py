@@ -18,6 +18,17 @@ divides by $H \cdot W$). $\delta$ starts at $10^{-3}\,\mathcal N(0, 1)$; after e
 $\lambda = 0$ "patchy" ones; there is no $\epsilon$-ball. Published pairs: 1,000 (CIFAR-10 test source,
 CIFAR-100 train target) pairs drawn with seed 0, ViT-bigG-14.
 
+**Feature space.** PLP's $f$ is the visual tower with its projection removed (``build_openclip_visual`` in
+``model_builders/openclip.py`` sets ``visual.proj = None``): the pooled token after ``ln_post``, not standardised,
+which :mod:`helpers.features` calls ``"preproj"`` (``feature="preproj"``, the default here). Its detector is the
+1-NN cosine to the stored training features of the same space (``OOD_classifier_knn(..., k=1, metric="cos-sim")``
+with ``args=None``: no standardisation), i.e. ``{"name": "knn", "feature": "preproj", "standardize": False}``.
+``feature="image"`` attacks the normalised CLIP embedding after the projection instead.
+
+**Pairs** (:func:`pairs`). After ``fix_random_seeds(0)`` the official notebook draws, with numpy's global legacy
+generator and *with* replacement, ``np.random.choice(len(train), N)`` target rows, then ``N`` ID test rows, then
+``N`` source rows, and pairs them in draw order (``draw="official"``).
+
 Extensions here, off by default: ``eps`` bounds $\lVert\delta\rVert_\infty$, and :func:`score_attack` ascends a
 detector's own score (differentiable since the detectors are torch) instead of a target's feature.
 """
@@ -61,8 +72,9 @@ def _normalizer(loaded: LoadedModel):
 
 
 def embed(loaded: LoadedModel, x01: torch.Tensor, feature: str = "image") -> torch.Tensor:
-    """The ``feature`` (``"image"``: the normalised CLIP embedding; ``"preproj"``) of images in [0, 1]
-    (B, 3, H, W) at the model's input size, differentiable in ``x01``."""
+    """The ``feature`` of images in [0, 1] (B, 3, H, W) at the model's input size, differentiable in ``x01``:
+    ``"image"`` the normalised CLIP embedding, ``"preproj"`` the visual tower's output with its projection removed
+    (open_clip's ``model.visual`` with ``proj = None``; PLP's feature space, not normalised)."""
     return encode_images(loaded.model.visual, _normalizer(loaded)(x01.to(loaded.device)), (feature,))[feature]
 
 
@@ -101,11 +113,12 @@ def _perturb(x: torch.Tensor, loss_of, *, steps: int, lr: float, init: float, ep
 
 def feature_attack(loaded: LoadedModel, sources: torch.Tensor, targets: torch.Tensor, *, lam: float = SMOOTH,
                    steps: int = 250, lr: float = 1e-3, init: float = 1e-3, batch_size: int = 16,
-                   eps: float | None = None, feature: str = "image", seed: int = 0, snapshots=(),
+                   eps: float | None = None, feature: str = "preproj", seed: int = 0, snapshots=(),
                    progress: bool = False) -> Attack:
     """PLP's attack (module docstring): move each source image (N, 3, H, W) in [0, 1] towards the feature of
-    its target image. The encoder's weights are not changed and get no gradient. ``snapshots``: steps after which
-    the images are also kept (for AUROC against the number of steps)."""
+    its target image. The encoder's weights are not changed and get no gradient. ``feature``: the feature space of
+    the cosine (:func:`embed`; ``"preproj"`` is PLP's). ``snapshots``: steps after which the images are also kept
+    (for AUROC against the number of steps)."""
     from tqdm.auto import tqdm
 
     if sources.shape != targets.shape:
@@ -155,14 +168,20 @@ def decoded(loaded: LoadedModel, ds) -> torch.Tensor:
 def cached_attack(loaded: LoadedModel, sources, targets, *, use_cache: bool = True, **kwargs) -> Attack:
     """:func:`feature_attack` on two :class:`helpers.data.ImageFolderDataset` of equal length (decoded at the
     model's input size, as its preprocessing does), cached by the image tower, both image lists, every setting
-    and the attack code."""
+    (defaults included: the feature space, λ, steps ...) and the attack code."""
+    import inspect
+
     from .cache import cached_tensors, code_hash
     from .data.arrays import decoded_images
     from .torchtools import image_size
 
     size = image_size(loaded.model.visual)
+    bound = inspect.signature(feature_attack).bind(loaded, None, None, **kwargs)
+    bound.apply_defaults()
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in bound.arguments.items()
+                if k not in ("loaded", "sources", "targets", "progress")}
     key = {"model": loaded.image_id, "sources": sources.content_fingerprint(), "targets": targets.content_fingerprint(),
-           "size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items() if k != "progress"},
+           "size": size, **settings,
            "code": code_hash(feature_attack, _perturb, attack_loss, tv2, embed, _normalizer, encode_images, decoded,
                              decoded_images)}
 
@@ -249,14 +268,44 @@ def attack_sets(source: str, real: torch.Tensor | None, attacks: list[Attack], b
     return images, factors
 
 
-def pairs(sources, bank, n: int, seed: int = 0):
+PAIR_DRAWS = ("official", "distinct")
+
+
+def pairs(sources, bank, n: int, seed: int = 0, draw: str = "official", id_size: int | None = None):
     """``n`` (source, target) pairs drawn with ``seed``: a subset of the source OOD dataset, a subset of the
-    memory-bank dataset (the targets) and the targets' row indices in the bank."""
+    memory-bank dataset (the targets; source ``i`` is attacked towards target ``i``) and the targets' row indices
+    in the bank.
+
+    ``draw="official"``: PLP's notebook (module docstring): numpy's legacy generator seeded with ``seed``, the
+    target rows ``choice(len(bank), n)`` first, then the source rows ``choice(len(sources), n)``, both *with*
+    replacement (an image can be drawn twice) and in draw order. The official notebook draws its ``n`` ID test
+    images from the same stream between the two; ``id_size`` (the size of the ID test set) makes that draw too, so
+    the source rows are the official ones for datasets in the same order. ``draw="distinct"``: this package's draw
+    before (``default_rng(seed)``, sources then targets, without replacement, sources sorted)."""
+    if draw not in PAIR_DRAWS:
+        raise ValueError(f"draw must be one of {PAIR_DRAWS}, not {draw!r}")
+    if draw == "official":
+        rng = np.random.RandomState(seed)
+        tgt = rng.choice(len(bank), n)
+        if id_size is not None:
+            rng.choice(id_size, n)  # the official ID test images (this package scores its own ID subset)
+        src = rng.choice(len(sources), n)
+        return sources.subset(src), bank.subset(tgt), tgt
     rng = np.random.default_rng(seed)
     if n > min(len(sources), len(bank)):
-        raise ValueError(f"{n} pairs need {n} images in both {sources.name} ({len(sources)}) and {bank.name} "
+        raise ValueError(f"{n} distinct pairs need {n} images in both {sources.name} ({len(sources)}) and {bank.name} "
                          f"({len(bank)}). Fix: ask for at most {min(len(sources), len(bank))} pairs "
-                         f"(notebook parameter n_pairs) or use a larger dataset")
+                         f"(notebook parameter n_pairs), draw with replacement (pair_draw='official') or use a larger "
+                         f"dataset")
     src = np.sort(rng.choice(len(sources), n, replace=False))
     tgt = rng.choice(len(bank), n, replace=False)
     return sources.subset(src), bank.subset(tgt), tgt
+
+
+def bank_without(train: Features, targets) -> Features:
+    """The memory bank ``train`` without the target images (``targets``: an :class:`ImageFolderDataset` of bank
+    images or their paths; a target drawn twice is removed once), matched by path, so rows of the bank left out
+    at extraction (``on_error="skip"``) do not shift it. O(N + n), as PLP's boolean mask over the bank."""
+    drop = set(getattr(targets, "paths", targets))
+    keep = np.fromiter((p not in drop for p in train.paths), dtype=bool, count=len(train))
+    return train.subset(np.flatnonzero(keep))

@@ -114,10 +114,10 @@ def warn_unknown_classes(loaded: LoadedModel, class_names: list[str]) -> list[st
 
 def load_benchmark(model: str | LoadedModel, id_dataset: str | ImageFolderDataset,
                    ood_datasets: list[str | ImageFolderDataset], *, train_dataset: str | ImageFolderDataset | None = None,
-                   kinds=("image", "preproj"), max_per_class: int | None = None, ood_max_per_class: int | None = None,
-                   train_max_per_class: int | None = None, device: str = "cpu", amp: bool = False,
-                   batch_size: int = 256, workers: int = 2, interpolation: str | None = None, on_error: str = "fail",
-                   decode: str = "auto", progress: bool = True) -> Benchmark:
+                   kinds=("image", "preproj"), train_kinds=None, max_per_class: int | None = None,
+                   ood_max_per_class: int | None = None, train_max_per_class: int | None = None, device: str = "cpu",
+                   amp: bool = False, batch_size: int = 256, workers: int = 2, interpolation: str | None = None,
+                   on_error: str = "fail", decode: str = "auto", progress: bool = True) -> Benchmark:
     """Load ``model`` (spec or :class:`LoadedModel`) and the cached features of the ID, OOD (and ID training) sets.
 
     Datasets are registered names, ImageFolder paths or :class:`ImageFolderDataset` objects.
@@ -127,6 +127,11 @@ def load_benchmark(model: str | LoadedModel, id_dataset: str | ImageFolderDatase
     ``decode`` is :func:`helpers.features.extract_features`'s (``"auto"``: JPEGs decoded on the GPU under CUDA).
     ``ood_datasets`` is a list; a single name or folder is a list of one (:func:`helpers.data.as_dataset_list`).
     Two sets with the same name are an error (tables are keyed by it).
+    ``kinds`` are the feature kinds of the ID and OOD sets; ``train_kinds`` those of the training split (None: the
+    same). The detectors fitted on a training split read its global features only, while patch features
+    (``"local"``, for GL-MCM) hold one vector per patch (ImageNet train: about 257 GB of fp16 for a B/16), so a bank
+    needs ``train_kinds=("image", "preproj")``. The cache key holds the kinds, so the ID and OOD entries do not
+    depend on ``train_kinds``.
     """
     ood_list = as_dataset_list(ood_datasets, "ood_datasets")  # checked before the model loads
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device,
@@ -148,7 +153,7 @@ def load_benchmark(model: str | LoadedModel, id_dataset: str | ImageFolderDatase
                              f"get_dataset(path, name=...)")
         datasets[ds.name] = ds
 
-    def feats(ds):
+    def feats(ds, kinds=kinds):
         return extract_features(loaded, ds, kinds=kinds, batch_size=batch_size, num_workers=workers, amp=amp,
                                 decode=decode, progress=progress)
 
@@ -159,5 +164,5 @@ def load_benchmark(model: str | LoadedModel, id_dataset: str | ImageFolderDatase
         if train_ds.class_names != id_ds.class_names:
             raise ValueError(f"the training split {train_ds.name} has other classes than the ID set {id_ds.name}: "
                              f"{train_ds.class_names[:5]}... vs {id_ds.class_names[:5]}...")
-        train = feats(train_ds)
+        train = feats(train_ds, kinds if train_kinds is None else train_kinds)
     return Benchmark(loaded, id_ds.name, out.pop(id_ds.name), out, datasets, train)
