@@ -20,7 +20,7 @@ The data path is  dataset -> model -> cached features -> detectors -> evaluate()
 - notebook 04: :mod:`helpers.finetune` (full fine-tuning, CoOp/LoCoOp, the few-shot protocol)
 - notebook 05: :mod:`helpers.setar` (SeTAR's low-rank edits, their search, SeTAR+FT and LoRA)
 - notebook 06: :mod:`helpers.finetune.cma` (FLYP and CMA's modality-gap regulariser)
-- notebook 07: :mod:`helpers.adversarial` (feature-space attacks that make ID images look OOD)
+- notebook 07: :mod:`helpers.adversarial` (feature-space attacks that make OOD images look ID)
 - :mod:`helpers.cache`, :mod:`helpers.io`, :mod:`helpers.distributed`, :mod:`helpers.torchtools`, :mod:`helpers.decode`
                              keyed caches and atomic files, torchrun, AMP, image decoding
 - :mod:`helpers.report`, :mod:`helpers.events`  tables and figures written where the runner expects them; warnings

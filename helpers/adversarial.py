@@ -271,6 +271,14 @@ def attack_sets(source: str, real: torch.Tensor | None, attacks: list[Attack], b
 PAIR_DRAWS = ("official", "distinct")
 
 
+def curve_detectors(specs: list) -> list:
+    """The detectors drawn against attack steps and ε: the first of ``specs`` (the published 1-NN) and the first
+    MCM after it (specs as :func:`helpers.detectors.get` takes them)."""
+    from .detectors import get
+
+    return [specs[0], *[d for d in specs[1:] if get(d).name == "mcm"][:1]]
+
+
 def pairs(sources, bank, n: int, seed: int = 0, draw: str = "official", id_size: int | None = None):
     """``n`` (source, target) pairs drawn with ``seed``: a subset of the source OOD dataset, a subset of the
     memory-bank dataset (the targets; source ``i`` is attacked towards target ``i``) and the targets' row indices

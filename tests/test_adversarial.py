@@ -276,3 +276,10 @@ def test_memory_bank_is_extracted_without_patch_features(smoke_model, tmp_cache,
     assert peak_local >= local_bytes, (peak_local, local_bytes)
     # the cap: the former call's peak less one copy of the bank's patch features (ImageNet train: ~257 GB)
     assert peak < peak_local - local_bytes, f"the bank's extraction peaked at {peak} bytes, the former {peak_local}"
+
+
+def test_curve_detectors_are_the_first_and_the_first_mcm():
+    specs = [{"name": "knn", "feature": "preproj", "standardize": False}, {"name": "knn"}, "mahalanobis",
+             {"name": "mcm", "T": 1.0}, {"name": "mcm", "T": 2.0}]
+    assert adversarial.curve_detectors(specs) == [specs[0], specs[3]]
+    assert adversarial.curve_detectors(specs[:3]) == [specs[0]]
