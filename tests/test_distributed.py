@@ -29,7 +29,8 @@ from helpers.finetune import cma_loss, contrastive_finetune, finetune_image_towe
 WEIGHT_TOL = {"full": 2e-6, "cma": 1e-6, "setar": 1e-6}
 LOSS_TOL = 1e-6
 # 40 training images in batches of 15: two batches per epoch, slices of 8 and 7 images (SeTAR+FT's last batch
-# of 10: 5 and 5). Mixup/CutMix (defaults), random crops and flips are all on.
+# of 10: 5 and 5). Mixup/CutMix (defaults), random crops and flips are all on (SeTAR+FT: each rank reads and crops
+# only its slice's image files).
 FULL = dict(epochs=2, batch_size=15, lr=1e-3, augment=True, seed=1)
 CMA = dict(lam=0.5, epochs=2, batch_size=15, lr=1e-4, warmup=1, seed=0)
 SETAR = dict(epochs=2, batch_size=15, lr=0.05)
@@ -59,7 +60,7 @@ def run_setar(loaded) -> dict:
     split = setar.make_split(loaded, _train_set())
     edited = setar.setar_model(loaded, EDIT)
     tuned, log = setar.finetuned_model(edited, loaded, setar.setar_factors(loaded, EDIT), "setar-ft", split.images,
-                                       split.labels, split.tokens, **SETAR)
+                                       split.labels, split.tokens, dataset=split.dataset, **SETAR)
     params = dict(tuned.model.named_parameters())
     return {"tensors": {n: params[n].detach().clone() for n in setar.setar_factors(loaded, EDIT)},
             "losses": [row["loss"] for row in log], "from_cache": None}

@@ -102,9 +102,10 @@ REDUCED = {
            "train_dataset": "imagenet-sample", "shots": [1], "seeds": [1], "probe_epochs": 2, "ft_epochs": {"1": 1},
            "ft_batch_size": 1000, "coop_epochs": {"1": 1}, "coop_batch_size": 1000},
     # the published B/16 edit names blocks up to 11, which a 2-block stand-in lacks (test_setar.py applies it to a
-    # 12-block ViT-B-16)
-    "05": {"use_published_edit": False, "search_dataset": "imagenet-sample", "ratios": [0.0, 0.1], "split_seeds": [0], "ft_epochs": 1,
-           "ft_batch_size": 1000, "lora_r": 4, "lora_alpha": 2},
+    # 12-block ViT-B-16), for scoring and as SeTAR+FT's start; the published search list is read from a stand-in
+    # ImageNet train folder (paper_world's "setar_train": imagenet-sample's images under the listed file names)
+    "05": {"use_published_edit": False, "ft_from_published_edit": False, "ratios": [0.0, 0.1], "split_seeds": [0],
+           "ft_epochs": 1, "ft_batch_size": 1000, "lora_r": 4, "lora_alpha": 1},
     "06": {"train_dataset": "imagenet-sample", "train_per_class": None, "epochs": 1, "ft_batch_size": 500,
            "warmup": 1, "seeds": [0]},
     # one bank image per class: without the 8 targets, 8 classes have no image, which Mahalanobis' class means
@@ -126,7 +127,20 @@ def paper_world(tmp_path_factory, require_data):
     words.write_text("\n".join(names + ["shiny\tadj", "wooden\tadj", "striped\tadj", "frozen\tadj"]) + "\n")
     ood = {"inaturalist": _stand_in(root / "ood" / "inaturalist", "tiny-imagenet-near", 40),
            "textures": _stand_in(root / "ood" / "textures", "dtd10", 40)}
-    return {"root": root, "ood": ood, "words": str(words)}
+    return {"root": root, "ood": ood, "words": str(words), "setar_train": _setar_train(root / "imagenet-train")}
+
+
+def _setar_train(folder: Path) -> str:
+    """An ImageNet train stand-in holding SeTAR's published search list: each listed ``<wnid>/<file>`` a symlink to
+    imagenet-sample's image of that class."""
+    from helpers.setar import published_files
+
+    sample = get_dataset("imagenet-sample")
+    by_class = {sample.classes[s.label]: sample.root / s.path for s in sample.samples}
+    for f in published_files():
+        (folder / f).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(by_class[f.split("/")[0]], folder / f)
+    return str(folder)
 
 
 @pytest.mark.notebook
@@ -144,6 +158,7 @@ def test_paper_profile_code_path_of_every_notebook(nn, paper_world, monkeypatch)
               "id_dataset": "imagenet-sample", "ood_datasets": list(paper_world["ood"].values()), "workers": 0,
               "batch_size": 250, "n_boot": 10, "claim_n_boot": 20, "eval_max_images": None, "word_source": "list",
               "word_list": paper_world["words"], "source_dataset": paper_world["ood"]["textures"],
+              "search_dataset": paper_world["setar_train"],
               "results_dir": str(results / nb.stem), "figures_dir": str(paper_world["root"] / "figures" / nb.stem),
               "results_root": str(results), **REDUCED[nn]}
     params = {k: v for k, v in params.items() if k in names}

@@ -93,8 +93,8 @@ def setar_model(loaded: LoadedModel, edit: dict, svds: dict | None = None) -> Lo
         if ratio and not 0 <= block < n_blocks(loaded.model, tower):
             raise ValueError(f"the edit sets {tower} block {block}, but {loaded.model_id} has "
                              f"{n_blocks(loaded.model, tower)} {tower} blocks: an edit found for one architecture "
-                             f"(such as the published ViT-B-16 edit, use_published_edit=True) applies only to a model "
-                             f"with that many blocks")
+                             f"(such as the published ViT-B-16 edit, use_published_edit=True or "
+                             f"ft_from_published_edit=True) applies only to a model with that many blocks")
         if ratio:
             svd = svds.get((tower, block)) or svd_of(loaded.model, tower, block)
             weights[param_name(tower, block)] = svd.edited(ratio)

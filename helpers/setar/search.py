@@ -11,6 +11,15 @@ $\tau = e^{\text{logit\_scale}}$ (100 for CLIP) and the class-prompt embeddings 
 where a patch $p$ is OOD when its top-$K$ classes exclude $y$ (:func:`helpers.finetune.locoop_entropy`). Published
 for B/16: $\lambda = 0.1$, $K = 300$ of ImageNet's 1,000 classes; with 10 classes we scale $K$ to 3.
 
+**Per batch, as published.** The official search (``model_hub.py``, ``CLIP.compute_metrics_loss``) evaluates the
+split in batches of 512 (``SeTAR.json``: ``batch_size`` 512; the loader does not shuffle), computes the loss of
+each batch $b$ (its CE and the mean entropy of *its* OOD patches), repeats it once per image of the batch and
+averages: $\mathcal L = \sum_b n_b \mathcal L_b / N$, the image-weighted mean of the per-batch losses. The CE part
+is the split's mean CE whatever the batches; the entropy part is not (a batch with few OOD patches weighs as
+much as its images). :func:`objective` does the same with ``batch_size`` (default :data:`SEARCH_BATCH` = 512,
+consecutive rows of the split in its order); a split of at most ``batch_size`` images is one batch, and
+``batch_size=None`` averages over the whole split at once.
+
 **Greedy search** (``searchers.py``, ``VisualTextSearch``): visit the image tower's blocks top-down, then the text
 tower's; at each block try every ratio of the grid on top of the ratios already accepted and keep the one that
 lowers the objective below the running best (else 0).
@@ -40,23 +49,43 @@ from ..features import encode_images, value_path
 from ..finetune.coop import locoop_entropy
 from .edit import RATIOS, TOWERS, n_blocks, param_name, setar_model, svd_of
 
+SEARCH_BATCH = 512  # the official search's batch size (configs/training_free/.../SeTAR.json)
 
-def objective(image: torch.Tensor, local: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, *,
-              scale: float, lam: float, top_k: int) -> tuple[float, float, float]:
-    """``(loss, CE, OOD-patch entropy)`` of normalised global (N, D) and local (N, P, D) image features against
-    normalised class texts (C, D) (module docstring)."""
+
+def _batch_objective(image, local, text, labels, scale, lam, top_k) -> tuple[float, float, float]:
     ce = F.cross_entropy(scale * image @ text.T, labels)
     ent = locoop_entropy(scale * local @ text.T, labels, top_k)
     return float(ce - lam * ent), float(ce), float(ent)
 
 
+def objective(image: torch.Tensor, local: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, *,
+              scale: float, lam: float, top_k: int, batch_size: int | None = SEARCH_BATCH) -> tuple[float, float, float]:
+    """``(loss, CE, OOD-patch entropy)`` of normalised global (N, D) and local (N, P, D) image features against
+    normalised class texts (C, D): each the image-weighted mean over consecutive batches of ``batch_size`` rows of
+    the batch's value, as the official search averages (module docstring); ``None``: one batch of all rows."""
+    n = len(labels)
+    if batch_size is None or batch_size >= n:
+        return _batch_objective(image, local, text, labels, scale, lam, top_k)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (or None: the whole split), not {batch_size}")
+    total = [0.0, 0.0, 0.0]
+    for a in range(0, n, batch_size):
+        b = min(a + batch_size, n)
+        values = _batch_objective(image[a:b], local[a:b], text, labels[a:b], scale, lam, top_k)
+        total = [t + (b - a) * v for t, v in zip(total, values)]
+    return total[0] / n, total[1] / n, total[2] / n
+
+
 @dataclass
 class SearchSplit:
-    """The search images, preprocessed (N, 3, H, W), their labels (N,) and the tokenised class prompts (C, L)."""
+    """The search images, preprocessed (N, 3, H, W), their labels (N,) and the tokenised class prompts (C, L);
+    ``dataset``: the :class:`~helpers.data.ImageFolderDataset` they come from, row for row (SeTAR+FT and LoRA
+    read their augmented training images from its files)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     tokens: torch.Tensor
+    dataset: object = None
 
 
 LOG_COLUMNS = ["step", "tower", "block", "ratio", "loss", "ce", "entropy", "better", "accepted"]
@@ -107,7 +136,7 @@ class _Record:
 
 @torch.no_grad()
 def naive_search(loaded, split: SearchSplit, *, lam: float = 0.1, top_k: int = 3, ratios=RATIOS,
-                 scale: float | None = None) -> SearchResult:
+                 scale: float | None = None, batch_size: int | None = SEARCH_BATCH) -> SearchResult:
     """The published greedy search: every candidate is a freshly edited model, both towers re-run in full."""
     t0, rec = time.time(), _Record()
     scale = scale or min(float(loaded.model.logit_scale.detach().exp()), 100.0)
@@ -116,9 +145,11 @@ def naive_search(loaded, split: SearchSplit, *, lam: float = 0.1, top_k: int = 3
             m = setar_model(loaded, {**rec.edit, (tower, block): ratio}).model
             f = encode_images(m.visual, split.images, ("image", "local"))
             rec.consider(step, tower, block, ratio, objective(f["image"], f["local"], _text(m, split.tokens),
-                                                              split.labels, scale=scale, lam=lam, top_k=top_k))
+                                                              split.labels, scale=scale, lam=lam, top_k=top_k,
+                                                              batch_size=batch_size))
         rec.close_step(step, tower, block)
-    return rec.result(t0, {"lam": lam, "top_k": top_k, "ratios": list(ratios), "scale": scale, "search": "naive"})
+    return rec.result(t0, {"lam": lam, "top_k": top_k, "ratios": list(ratios), "scale": scale,
+                           "batch_size": batch_size, "search": "naive"})
 
 
 def _attention_half(blk, x, attn_mask=None):
@@ -182,7 +213,7 @@ def _block_inputs(blocks, h, **kwargs) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def fast_search(loaded, split: SearchSplit, *, lam: float = 0.1, top_k: int = 3, ratios=RATIOS,
-                scale: float | None = None) -> SearchResult:
+                scale: float | None = None, batch_size: int | None = SEARCH_BATCH) -> SearchResult:
     """The same greedy search (same choices, same objective values up to float rounding), computing each SVD
     once and re-running only the part of one tower that a candidate changes (module docstring). Two more savings:
     the attention half of the block under edit is computed once per step (the edit is in its MLP), and a ratio of
@@ -223,18 +254,21 @@ def fast_search(loaded, split: SearchSplit, *, lam: float = 0.1, top_k: int = 3,
             if tower == "visual":
                 w = overrides("visual", "visual.", {(tower, block): ratio})
                 img, loc = torch.func.functional_call(_VisualTail(visual, block), w, (h_in[block], mid))
-                values = objective(img, loc, text, split.labels, scale=scale, lam=lam, top_k=top_k)
+                values = objective(img, loc, text, split.labels, scale=scale, lam=lam, top_k=top_k,
+                                   batch_size=batch_size)
             else:
                 w = overrides("text", "model.", {(tower, block): ratio})
                 txt = torch.func.functional_call(_TextTail(model, block), w, (mid, split.tokens))
-                values = objective(image, local, txt, split.labels, scale=scale, lam=lam, top_k=top_k)
+                values = objective(image, local, txt, split.labels, scale=scale, lam=lam, top_k=top_k,
+                                   batch_size=batch_size)
             rec.consider(step, tower, block, ratio, values)
             if rec.rows[-1]["better"]:
                 current = values
         rec.close_step(step, tower, block)
         if (tower, block) in rec.edit:
             accepted[(tower, block)] = svds[(tower, block)].edited(rec.edit[(tower, block)])
-    return rec.result(t0, {"lam": lam, "top_k": top_k, "ratios": list(ratios), "scale": scale, "search": "fast"})
+    return rec.result(t0, {"lam": lam, "top_k": top_k, "ratios": list(ratios), "scale": scale,
+                           "batch_size": batch_size, "search": "fast"})
 
 
 def make_split(loaded, dataset, template: str = "a photo of a {}") -> SearchSplit:
@@ -242,7 +276,7 @@ def make_split(loaded, dataset, template: str = "a photo of a {}") -> SearchSpli
     preprocessing, its labels, and the class prompts (MCM's ``a photo of a {}`` by default) tokenised."""
     images = torch.stack([loaded.preprocess(dataset.load_rgb(i)) for i in range(len(dataset))]).to(loaded.device)
     tokens = loaded.tokenizer([template.format(c) for c in dataset.class_names]).to(loaded.device)
-    return SearchSplit(images, torch.as_tensor(dataset.labels, device=loaded.device), tokens)
+    return SearchSplit(images, torch.as_tensor(dataset.labels, device=loaded.device), tokens, dataset)
 
 
 def run_search(loaded, split: SearchSplit, *, method: str = "fast", use_cache: bool = True, **kwargs) -> SearchResult:
@@ -252,10 +286,11 @@ def run_search(loaded, split: SearchSplit, *, method: str = "fast", use_cache: b
     from ..io import sha256_json
 
     run = {"fast": fast_search, "naive": naive_search}[method]
+    kwargs.setdefault("batch_size", SEARCH_BATCH)  # in the key even when left at its default
     key = {"model": loaded.model_id, "split": sha256_json([list(split.images.shape), float(split.images.double().sum()),
                                                           split.labels.tolist(), split.tokens.tolist()]),
            "method": method, **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
-           "code": code_hash(run, objective, locoop_entropy, _Record, _VisualTail, _TextTail, _attention_half,
+           "code": code_hash(run, objective, _batch_objective, locoop_entropy, _Record, _VisualTail, _TextTail, _attention_half,
                              _mlp_half, _block_inputs, setar_model, svd_of)}
 
     def build():
