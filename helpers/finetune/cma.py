@@ -108,9 +108,9 @@ def contrastive_finetune(loaded: LoadedModel, dataset: ImageFolderDataset, *, la
 
 
 def param_groups(named_parameters, weight_decay: float, decay: str) -> list[dict]:
-    """AdamW's parameter groups for ``decay``: ``"all"``, one group with ``weight_decay`` (published: FLYP's and
-    CMA's optimiser); ``"matrices"``, :func:`helpers.torchtools.adamw_groups` (weight matrices decayed; biases,
-    norms and embeddings not)."""
+    """AdamW's parameter groups for ``decay``: ``"all"``, one group with ``weight_decay`` (published: the optimiser
+    of FLYP's code, which CMA's builds on); ``"matrices"``, :func:`helpers.torchtools.adamw_groups` (weight matrices
+    decayed; biases, norms and embeddings not)."""
     named = list(named_parameters)
     if decay == "all":
         return [{"params": [p for _, p in named], "weight_decay": weight_decay}]
