@@ -79,6 +79,7 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                "search_per_class": 1, "setar_top_k": 300, "time_naive_search": False, "use_published_edit": True,
                "ft_from_published_edit": True, "compare_published": True},
         "06": {"n_boot": 1000, "compare_published": True, "eval_max_images": None, "sweep_models": [], "train_dataset": "imagenet-train",
+               "train_amp": False, "decay": "all",  # fp32 fine-tuning, every parameter decayed: as published
                "train_per_class": None, "lambdas": [0.0, 0.001], "claim_lambdas": [0.0, 0.001], "epochs": 10,
                "ft_batch_size": 512, "lr": 1e-5, "warmup": 500, "neglabel_max_words": None},
         "08": {"compare_published": True},

@@ -20,15 +20,31 @@ $-\mathrm{LSE}$ is the energy of a row; lowering it raises every image–text si
 two modalities' embeddings together: it closes the modality gap (:mod:`helpers.gap`) for ID data only, so that ID
 images end closer to the ID prompts than OOD images do. $\lambda = 0$ is plain FLYP.
 
-Published (ImageNet, B/16): $\lambda$ = 0.001, 10 epochs, batch 512, AdamW lr 1e-5, weight decay 0.1, cosine with
-500 warm-up steps, ``RandomResizedCrop(224, scale=(0.9, 1))`` bicubic; training prompt "a photo of a {}"
-(their ``--prompt-name``), inference prompt "The nice {}", scored by NegLabel (no grouping, T = 0.01) and MCM.
+Published (ImageNet, B/16): $\lambda$ = 0.001, 10 epochs, batch 512, AdamW lr 1e-5, weight decay 0.1 on every
+parameter, cosine with 500 warm-up steps, ``RandomResizedCrop(224, scale=(0.9, 1))`` bicubic of the original image
+(FLYP's training transform, ``locuslab/FLYP`` ``clip/clip.py`` ``_transform``; no flip), training prompt "a photo of
+a {}" (their ``--prompt-name``), inference prompt "The nice {}", scored by NegLabel (no grouping, T = 0.01) and MCM.
 Here: the same defaults; the logit scale is not trained (``train_logit_scale``); warm-up and cosine are per step.
 
-Under ``torchrun`` the training is data-parallel (:mod:`helpers.distributed`): every rank draws the global batch and
-its crops' parameters as one process would, encodes its slice's images and prompts, and both embeddings are
-gathered with their gradients (open_clip's ``gather_with_grad=True, local_loss=False``), so the loss is that of
-the global batch and the step equals the single-process step up to float rounding.
+- **Crops.** The training images are read from their files one batch at a time
+  (:class:`helpers.data.stream.StreamedImages`, ``workers`` threads) and each is cropped from the *original* image,
+  as the official transform does, never from a decoded copy of the whole set: memory is one batch whatever the
+  dataset (ImageNet-1k train decoded at 224 px would be 193 GB). A crop's randomness is keyed by (``seed``, step,
+  row) instead of a DataLoader worker's generator: the same distribution of boxes, another random stream.
+- **Weight decay** (``decay``). ``"all"`` (default, published): one AdamW group, every trained parameter decayed,
+  as FLYP's ``src/models/flyp_loss.py`` builds its optimiser (``AdamW(params, lr=args.lr, weight_decay=args.wd)``
+  over all parameters; CMA's README names FLYP's code as its base). ``"matrices"``: weight matrices only, biases,
+  norms and embeddings exempt (:func:`helpers.torchtools.adamw_groups`, the package's earlier rule).
+- **Precision** (``amp``). Default ``False``: fp32, as FLYP's loop trains (no autocast, no ``GradScaler``).
+  ``True`` trains under autocast, bf16 on CPU and fp16 on CUDA with :func:`helpers.training.fit`'s
+  ``GradScaler``; at $\lambda$ = 0.001 the regulariser moves a gradient by about 0.1 %, near fp16's rounding
+  step (2^-11 relative), so the published comparison should stay in fp32.
+
+Under ``torchrun`` the training is data-parallel (:mod:`helpers.distributed`): every rank draws the global batch's
+rows as one process would, reads and crops only its slice's images (the crops equal one process's, being keyed by
+step and row), encodes them and their prompts, and both embeddings are gathered with their gradients (open_clip's
+``gather_with_grad=True, local_loss=False``), so the loss is that of the global batch and the step equals the
+single-process step up to float rounding.
 """
 
 from __future__ import annotations
@@ -40,18 +56,17 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision import transforms
 
 from .. import distributed, training
 from ..cache import code_hash
-from ..data import ImageFolderDataset
-from ..data.arrays import decoded_images
+from ..data import ImageFolderDataset, stream
 from ..models import LoadedModel, derive
-from ..torchtools import adamw_groups, image_size, normalize_of
+from ..torchtools import adamw_groups, amp_precision, image_size, normalize_of
 from .full import FineTuned
 
 LAMBDA_CMA = 0.001  # published
 TRAIN_PROMPT = "a photo of a {}"  # their --prompt-name "a photo of a" + class name
+DECAY = ("all", "matrices")  # which parameters AdamW's weight decay applies to; "all" is published
 
 
 def cma_loss(logits: torch.Tensor, lam: float) -> torch.Tensor:
@@ -65,26 +80,43 @@ def cma_loss(logits: torch.Tensor, lam: float) -> torch.Tensor:
 
 def contrastive_finetune(loaded: LoadedModel, dataset: ImageFolderDataset, *, lam: float = LAMBDA_CMA,
                          prompt: str = TRAIN_PROMPT, epochs: int = 10, batch_size: int = 512, lr: float = 1e-5,
-                         weight_decay: float = 0.1, warmup: int = 500, crop_scale: tuple = (0.9, 1.0),
-                         train_logit_scale: bool = False, amp: bool = False, seed: int = 0, progress: bool = False,
+                         weight_decay: float = 0.1, decay: str = "all", warmup: int = 500,
+                         crop_scale: tuple = (0.9, 1.0), train_logit_scale: bool = False, amp: bool | str = False,
+                         seed: int = 0, workers: int | None = None, progress: bool = False,
                          use_cache: bool = True) -> FineTuned:
     """Fine-tune both towers of a copy of ``loaded`` on ``dataset`` (its class names fill ``prompt``) with
-    :func:`cma_loss` at ``lam``; see the module docstring. ``warmup`` is in steps (capped at a tenth of the run);
-    an epoch is ``N // batch_size`` batches (at least one). Returns the derived model
+    :func:`cma_loss` at ``lam``; see the module docstring. ``decay``: ``"all"`` or ``"matrices"`` (which parameters
+    ``weight_decay`` applies to, :func:`param_groups`). ``warmup`` is in steps (capped at a tenth of the run); an
+    epoch is ``N // batch_size`` batches (at least one). ``workers``: threads that read a batch's images (None: the
+    CPU count, at most 8; 0: this thread); it does not change the result. Returns the derived model
     (:func:`helpers.models.derive`, tag ``cma`` with its own feature caches) with the configuration and the
-    per-epoch log; the trained weights are cached, keyed by the base model, the images, every argument and the
-    training code."""
+    per-epoch log; the trained weights are cached, keyed by the base model, the images, every argument that
+    changes them, the precision they train in and the training code."""
+    if decay not in DECAY:
+        raise ValueError(f"decay={decay!r}: expected one of {DECAY} ('all': every parameter, as published)")
     config = {"lam": lam, "prompt": prompt, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-              "weight_decay": weight_decay, "warmup": warmup, "crop_scale": list(crop_scale),
+              "weight_decay": weight_decay, "decay": decay, "warmup": warmup, "crop_scale": list(crop_scale),
               "train_logit_scale": train_logit_scale, "amp": amp, "seed": seed}
     key = {"model": loaded.model_id, "images": dataset.content_fingerprint(), "classes": dataset.class_names,
-           "labels": dataset.labels.tolist(), **config,
-           "code": code_hash(_train_both, _Towers, _random_crops, cma_loss, decoded_images, training)}
-    tensors, info, hit = distributed.cached_tensors("cma", loaded.model_id, key,
-                                                    lambda: _train_both(loaded, dataset, progress=progress, **config),
-                                                    use_cache=use_cache)
+           "labels": dataset.labels.tolist(), **config, "precision": amp_precision(loaded.device, amp),
+           "code": code_hash(_train_both, _Towers, param_groups, adamw_groups, cma_loss, stream, training)}
+    tensors, info, hit = distributed.cached_tensors(
+        "cma", loaded.model_id, key,
+        lambda: _train_both(loaded, dataset, workers=workers, progress=progress, **config), use_cache=use_cache)
     tuned = derive(loaded, "cma", weights=tensors, info={"cma": info["config"]})
     return FineTuned(tuned, info["config"], info["history"], hit)
+
+
+def param_groups(named_parameters, weight_decay: float, decay: str) -> list[dict]:
+    """AdamW's parameter groups for ``decay``: ``"all"``, one group with ``weight_decay`` (published: the optimiser
+    of FLYP's code, which CMA's builds on); ``"matrices"``, :func:`helpers.torchtools.adamw_groups` (weight matrices
+    decayed; biases, norms and embeddings not)."""
+    named = list(named_parameters)
+    if decay == "all":
+        return [{"params": [p for _, p in named], "weight_decay": weight_decay}]
+    if decay == "matrices":
+        return adamw_groups(named, weight_decay)
+    raise ValueError(f"decay={decay!r}: expected one of {DECAY}")
 
 
 class _Towers(nn.Module):
@@ -101,7 +133,8 @@ class _Towers(nn.Module):
 
 
 def _train_both(loaded: LoadedModel, dataset: ImageFolderDataset, *, lam, prompt, epochs, batch_size, lr,
-                weight_decay, warmup, crop_scale, train_logit_scale, amp, seed, progress) -> tuple[dict, dict]:
+                weight_decay, decay, warmup, crop_scale, train_logit_scale, amp, seed, workers,
+                progress) -> tuple[dict, dict]:
     """:func:`contrastive_finetune`'s objective and parameters, trained by :func:`helpers.training.fit`:
     ``({parameter name: trained tensor}, info)``."""
     n = len(dataset)
@@ -110,20 +143,16 @@ def _train_both(loaded: LoadedModel, dataset: ImageFolderDataset, *, lam, prompt
     device = training.prepare(loaded.device)
     model = copy.deepcopy(loaded.model).to(device)
     model.logit_scale.requires_grad_(train_logit_scale)
-    norm = normalize_of(loaded.preprocess)
-    size = image_size(model.visual)
-    crop = transforms.RandomResizedCrop(size, scale=tuple(crop_scale), antialias=True,
-                                        interpolation=transforms.InterpolationMode.BICUBIC)
-    with distributed.main_first():  # one rank decodes into the cache, the others read it
-        x_all = torch.from_numpy(decoded_images(dataset, size, progress=progress)).permute(0, 3, 1, 2)  # uint8 NCHW
-    y_all = torch.from_numpy(dataset.labels)
+    crop = stream.RandomResizedCrop(image_size(model.visual), scale=tuple(crop_scale), interpolation="bicubic")
+    labels = torch.from_numpy(dataset.labels)
     tokens = loaded.tokenizer([prompt.format(c) for c in dataset.class_names]).to(device)
+    images = stream.StreamedImages(dataset, crop, normalize_of(loaded.preprocess), seed=seed, workers=workers)
 
     def objective(towers, idx, ctx):
         start, stop = distributed.shard_bounds(len(idx))
-        x = torch.stack(_random_crops(crop, x_all[idx], start, stop)).float().div(255)
-        x = transforms.functional.normalize(x, norm.mean, norm.std).to(device)
-        present, inverse = torch.unique(y_all[idx[start:stop]].to(device), return_inverse=True)
+        rows = idx[start:stop]  # this rank's slice of the global batch: only these images are read
+        x = images(rows.tolist(), ctx.step).to(device)
+        present, inverse = torch.unique(labels[rows].to(device), return_inverse=True)
         img, txt = towers(x, tokens[present])  # this rank's slice; then the embeddings of the global batch
         img, txt = distributed.all_gather_with_grad(img), distributed.all_gather_with_grad(txt[inverse])
         loss = cma_loss(model.logit_scale.exp().clamp(max=100) * img.float() @ txt.float().T, lam)
@@ -131,32 +160,20 @@ def _train_both(loaded: LoadedModel, dataset: ImageFolderDataset, *, lam, prompt
 
     batches = training.Batches(n, batch_size)
     total = epochs * batches.per_epoch
-    towers = _Towers(model)
-    run = training.fit(towers, adamw_groups([(k, p) for k, p in model.named_parameters() if p.requires_grad],
-                                         weight_decay), objective, batches,
-                    optimizer=lambda p: torch.optim.AdamW(p, lr=lr), epochs=epochs, device=device, amp=amp,
-                    schedule=training.schedule_warmup_cosine(max(1, min(warmup, total // 10))), seed=seed,
-                    generator=torch.default_generator,  # the crops draw from the global generator, seeded by fit
-                    desc=f"contrastive fine-tune (λ={lam})", progress=progress)
+    trained = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    with images:
+        run = training.fit(_Towers(model), param_groups(trained, weight_decay, decay), objective, batches,
+                           optimizer=lambda p: torch.optim.AdamW(p, lr=lr), epochs=epochs, device=device, amp=amp,
+                           schedule=training.schedule_warmup_cosine(max(1, min(warmup, total // 10))), seed=seed,
+                           desc=f"contrastive fine-tune (λ={lam})", progress=progress)
     tensors = {k: p.detach().cpu().clone() for k, p in model.named_parameters()}
     info = {"config": {"lam": lam, "prompt": prompt, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                       "weight_decay": weight_decay, "warmup": warmup, "crop_scale": list(crop_scale),
-                       "train_logit_scale": train_logit_scale, "amp": amp, "seed": seed, "steps": run.steps},
+                       "weight_decay": weight_decay, "decay": decay, "warmup": warmup, "crop_scale": list(crop_scale),
+                       "train_logit_scale": train_logit_scale, "amp": amp, "precision": run.precision, "seed": seed,
+                       "steps": run.steps},
             "history": [{**h, "loss": round(h["loss"], 4), "image·own prompt": round(h["image·own prompt"], 4)}
                         for h in run.history]}
     return tensors, info
-
-
-def _random_crops(crop: transforms.RandomResizedCrop, images: torch.Tensor, start: int, stop: int) -> list:
-    """``crop`` of the images ``start:stop`` of the batch ``images`` (B, 3, H, W), the random crop boxes drawn for
-    the whole batch in order, so the global random stream is the same whichever slice a rank crops."""
-    out = []
-    for i, img in enumerate(images):
-        box = crop.get_params(img, crop.scale, crop.ratio)
-        if start <= i < stop:
-            out.append(transforms.functional.resized_crop(img, *box, crop.size, crop.interpolation,
-                                                           antialias=crop.antialias))
-    return out
 
 
 def method_name(lam: float) -> str:
