@@ -140,7 +140,10 @@ def test_notebook_06_runs_in_the_smoke_profile(smoke_series):
     gaps = pd.read_csv(res / "gap.csv")
     assert set(gaps.role) == {"ID", "OOD"} and gaps["centroid gap"].between(0, 2).all()
     claims = pd.read_csv(res / "claims.csv")
-    assert len(claims) == 2 * 4 and set(claims.verdict) <= {"holds", "reversed", "within noise"}
+    assert len(claims) == 2 * 5 and set(claims.verdict) <= {"holds", "reversed", "within noise"}
+    # NegLabel with CMA's one fixed word list (mined by the zero-shot model) and with each model's own
+    neglabel = scores[(scores.detector == "neglabel") & (scores.method == "CMA (λ=0.1)")]
+    assert sorted(neglabel.params.map(lambda j: json.loads(j)["mining"]).unique()) == ["fixed", "own"]
     assert {"projection.png", "gap_vs_lambda.png", "auroc_vs_gap.png"} <= {
         p.name for p in smoke_series.figures("06_cma").glob("*.png")}
 
