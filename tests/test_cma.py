@@ -144,6 +144,11 @@ def test_notebook_06_runs_in_the_smoke_profile(smoke_series):
     # NegLabel with CMA's one fixed word list (mined by the zero-shot model) and with each model's own
     neglabel = scores[(scores.detector == "neglabel") & (scores.method == "CMA (λ=0.1)")]
     assert sorted(neglabel.params.map(lambda j: json.loads(j)["mining"]).unique()) == ["fixed", "own"]
+    # each experiment's zero-shot model mines its own fixed list (the sweep model's is not the main model's)
+    zero = scores[(scores.method == "zero-shot") & (scores.detector == "neglabel")].set_index(["model", "ood_set"])
+    fixed, own = (zero[zero.detector_label == f"NegLabel (T=0.01, n_groups=1{m})"].auroc
+                  for m in (", mining=fixed", ""))
+    assert len(fixed) == 2 * 4 and fixed.equals(own.loc[fixed.index])
     assert {"projection.png", "gap_vs_lambda.png", "auroc_vs_gap.png"} <= {
         p.name for p in smoke_series.figures("06_cma").glob("*.png")}
 
@@ -291,3 +296,16 @@ def test_training_streams_its_images_under_a_memory_cap(smoke_model, tmp_path):
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["steps"] == n // 20
     assert out["large"] - out["small"] < whole / 10, {k: v / 2**20 for k, v in out.items()}
+
+
+def test_with_miner_names_the_experiments_zero_shot_model():
+    from types import SimpleNamespace
+
+    from helpers.finetune.cma import with_miner
+
+    specs = [{"name": "mcm", "T": 1.0}, {"name": "neglabel", "mining": "fixed"},
+             {"name": "neglabel", "mining": "fixed", "mined_by": "other"}, "neglabel"]
+    out = with_miner(specs, SimpleNamespace(name="pocket:tiny"))
+    assert out[0] == specs[0] and out[2] == specs[2]
+    assert out[1]["mined_by"] == "pocket:tiny" and out[1]["mining"] == "fixed"
+    assert out[3]["mined_by"] == "pocket:tiny" and out[3]["mining"] == "own"

@@ -176,6 +176,20 @@ def _train_both(loaded: LoadedModel, dataset: ImageFolderDataset, *, lam, prompt
     return tensors, info
 
 
+def with_miner(detectors: list, base: LoadedModel) -> list:
+    """``detectors`` with ``mined_by`` = ``base``'s name for every NegLabel that does not name its miner: with
+    ``mining="fixed"`` each fine-tuned model of an experiment re-encodes the words that the experiment's zero-shot
+    model mined (CMA's one word list); with ``mining="own"`` the name is not used."""
+    from ..detectors import get
+
+    out = []
+    for spec in detectors:
+        d = get(spec)
+        named = d.name == "neglabel" and d.params.get("mined_by") is None
+        out.append({"name": d.name, **d.params, "mined_by": base.name} if named else spec)
+    return out
+
+
 def method_name(lam: float) -> str:
     """The ``method`` of a contrastive fine-tuning run in the long table: ``FLYP (λ=0)`` or ``CMA (λ=…)``, a name
     for display; select rows by the ``lam`` column, which :func:`cma_experiment` sets."""
@@ -198,10 +212,12 @@ def cma_experiment(bench, train: ImageFolderDataset, runs, detectors, *, train_a
     ``bench``'s images by ``detectors`` (:func:`helpers.evaluation.evaluate`, ``evaluate_kwargs``: results_dir,
     n_boot, ...) and measured by :func:`helpers.gap.benchmark_gap` (``gap_prompts``). ``train_args`` go to
     :func:`contrastive_finetune`, ``extract`` to :meth:`Benchmark.with_model`. The gap table has the columns
-    model (the base model), method, lam (NaN for zero-shot), seed, set, role and the measures."""
+    model (the base model), method, lam (NaN for zero-shot), seed, set, role and the measures. NegLabel with
+    ``mining="fixed"`` keeps the list that ``bench``'s own (zero-shot) model mines (:func:`with_miner`)."""
     from ..evaluation import evaluate
     from ..gap import benchmark_gap
 
+    detectors = with_miner(detectors, bench.model)
     out = CMARuns([], pd.DataFrame())
     gaps = []
 
