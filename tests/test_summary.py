@@ -140,7 +140,7 @@ def test_pdf_and_png_figures_are_reproducible(tmp_path):
 
 
 def test_published_claims_measure_ours_on_the_summary():
-    energy, nice = {"T": 1.0, "score": "energy", "seed": 1}, {"T": 0.01, "prompts": "nice"}
+    energy, nice = {"T": 1.0, "score": "energy", "seed": 1}, {"T": 0.01, "prompts": "nice", "mining": "fixed"}
     rows = (_rows("03_probes", "zero-shot", 0, 0, "PLP · energy", {"a": 80.0, "b": 70.0}, detector="plp",
                   params=energy)
             + _rows("03_probes", "zero-shot", 0, 0, "PLP · MSP", {"a": 99.0, "b": 99.0}, detector="plp",
@@ -155,7 +155,9 @@ def test_published_claims_measure_ours_on_the_summary():
                _rows("06_cma", "CMA (λ=0.001)", "all", 0, "NegLabel (T=0.01, n_groups=1)", {"a": 66.0}, fpr=40, acc=63,
                      detector="neglabel", params=nice)
                + _rows("06_cma", "CMA (λ=0.001)", "all", 0, "NegLabel (T=0.01, prompts=single, n_groups=1)",
-                       {"a": 10.0}, fpr=90, acc=1, detector="neglabel", params={**nice, "prompts": "single"})]
+                       {"a": 10.0}, fpr=90, acc=1, detector="neglabel", params={**nice, "prompts": "single"})
+               + _rows("06_cma", "CMA (λ=0.001)", "all", 0, "NegLabel (T=0.01, n_groups=1, mining=own)",
+                       {"a": 20.0}, fpr=70, acc=2, detector="neglabel", params={**nice, "mining": "own"})]
             + [{**r, "lam": 1.0} for r in  # another λ under another name: the claim takes λ = 0.001 by its column
                _rows("06_cma", "CMA (λ=1)", "all", 0, "NegLabel (T=0.01, n_groups=1)", {"a": 99.0}, fpr=1, acc=99,
                      detector="neglabel", params=nice)])
